@@ -1,0 +1,427 @@
+/*
+ * module.c -- the only file of the core that talks to Python.
+ *
+ * Every entry point follows the same pattern: check kinds and shapes at the
+ * door (TypeError / ValueError naming the argument and what it got), convert
+ * the inputs to dense native arrays (a copy only when needed), allocate the
+ * NumPy-owned outputs, release the GIL around the kernel, and turn its status
+ * into an exception.  Each function has one cleanup label.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "primaps.h"
+
+/* ======================================================================== */
+/* Helpers shared by the bindings                                           */
+/* ======================================================================== */
+
+/* Writes "(3, 40, 40)" into buf. */
+static const char *shape_str(PyArrayObject *a, char *buf, size_t len)
+{
+    int nd = PyArray_NDIM(a);
+    size_t pos = 0;
+    pos += (size_t)snprintf(buf + pos, len - pos, "(");
+    for (int i = 0; i < nd && pos < len; i++)
+        pos += (size_t)snprintf(buf + pos, len - pos, "%s%ld", i ? ", " : "",
+                                (long)PyArray_DIM(a, i));
+    if (nd == 1 && pos < len) pos += (size_t)snprintf(buf + pos, len - pos, ",");
+    if (pos < len) snprintf(buf + pos, len - pos, ")");
+    return buf;
+}
+
+/* Raises the exception that matches a kernel status. */
+static void raise_status(int status, const char *what)
+{
+    switch (status) {
+    case PM_ERR_NOMEM:
+        PyErr_Format(PyExc_MemoryError, "%s: out of memory", what);
+        break;
+    case PM_ERR_NONFINITE:
+        PyErr_Format(PyExc_ValueError, "%s contains NaN or inf", what);
+        break;
+    case PM_ERR_ARG:
+        PyErr_Format(PyExc_ValueError, "%s: invalid argument", what);
+        break;
+    default:
+        PyErr_Format(PyExc_RuntimeError, "%s: %s (status %d)", what,
+                     pm_status_str(status), status);
+    }
+}
+
+/* True for the dtype kinds the core computes with: signed and unsigned
+ * integers and floats.  Booleans, complex numbers, strings, objects and
+ * dates are refused. */
+static int numeric_kind(PyArray_Descr *d)
+{
+    return d->kind == 'i' || d->kind == 'u' || d->kind == 'f';
+}
+
+/*
+ * Turns obj into a dense, aligned, native-endian array of typenum.
+ * A non-array input must be convertible by NumPy to a numeric array (a list
+ * of numbers, a torch tensor via __array__); anything else is a TypeError
+ * that names the argument.  Strided, negative-stride, byte-swapped and other
+ * numeric dtypes are converted (a copy), never rejected.
+ */
+static PyArrayObject *as_array(PyObject *obj, const char *name, int typenum)
+{
+    PyArrayObject *src = NULL;
+    if (PyArray_Check(obj)) {
+        Py_INCREF(obj);
+        src = (PyArrayObject *)obj;
+    } else if (obj == Py_None || PyUnicode_Check(obj) || PyBytes_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numeric array, got %s",
+                     name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    } else {
+        src = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+        if (!src) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "%s must be a numeric array, got %s that NumPy "
+                         "cannot convert to one",
+                         name, Py_TYPE(obj)->tp_name);
+            return NULL;
+        }
+    }
+    if (!numeric_kind(PyArray_DESCR(src))) {
+        PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(src));
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be a numeric array, got dtype %s", name,
+                     d ? PyUnicode_AsUTF8(d) : "?");
+        Py_XDECREF(d);
+        Py_DECREF(src);
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_FROM_OTF(
+        (PyObject *)src, typenum, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(src);
+    return out;
+}
+
+/* Checks 3 <= ndim <= 4 style ranges with a message naming the argument. */
+static int check_ndim(PyArrayObject *a, const char *name, int lo, int hi,
+                      const char *expect)
+{
+    int nd = PyArray_NDIM(a);
+    if (nd < lo || nd > hi) {
+        char buf[160];
+        PyErr_Format(PyExc_ValueError, "%s must have shape %s, got %s", name,
+                     expect, shape_str(a, buf, sizeof buf));
+        return -1;
+    }
+    return 0;
+}
+
+/* Refuses an output of count elements of itemsize bytes that overflows or
+ * cannot fit in this machine's physical memory. */
+static int check_output_size(const char *name, double count, size_t itemsize)
+{
+    double bytes = count * (double)itemsize;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    double limit = (pages > 0 && page > 0) ? (double)pages * (double)page
+                                           : 9.0e18;
+    if (bytes > limit || count > (double)NPY_MAX_INTP) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s asks for an output of %.3g GiB, more than this "
+                     "machine's %.3g GiB of memory",
+                     name, bytes / 1073741824.0, limit / 1073741824.0);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses a positive integer (not a bool, not a float). */
+static int parse_positive(PyObject *o, const char *name, npy_intp *out)
+{
+    if (PyBool_Check(o) || PyFloat_Check(o) || !PyIndex_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a positive integer, got %s",
+                     name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    PyObject *idx = PyNumber_Index(o);
+    if (!idx) return -1;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < 1 || v > (long long)NPY_MAX_INTP) {
+        PyObject *r = PyObject_Repr(o);
+        PyErr_Format(PyExc_ValueError, "%s must be a positive integer, got %s",
+                     name, r ? PyUnicode_AsUTF8(r) : "?");
+        Py_XDECREF(r);
+        return -1;
+    }
+    *out = (npy_intp)v;
+    return 0;
+}
+
+/* Parses a spatial size: an int n (meaning (n, n)) or a pair (H, W). */
+static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
+{
+    if (PyIndex_Check(o) && !PyBool_Check(o)) {
+        if (parse_positive(o, name, &out[0]) < 0) return -1;
+        out[1] = out[0];
+        return 0;
+    }
+    if (!PySequence_Check(o) || PyUnicode_Check(o) || PyBytes_Check(o)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be an int or a pair (H, W) of ints, got %s", name,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Size(o);
+    if (n < 0) return -1;
+    if (n != 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a pair (H, W), got a sequence of length %zd",
+                     name, n);
+        return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        PyObject *item = PySequence_GetItem(o, i);
+        if (!item) return -1;
+        int r = parse_positive(item, name, &out[i]);
+        Py_DECREF(item);
+        if (r < 0) return -1;
+    }
+    return 0;
+}
+
+/* ======================================================================== */
+/* Runtime                                                                  */
+/* ======================================================================== */
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    npy_intp n;
+    if (parse_positive(arg, "n", &n) < 0) return NULL;
+    if (n > 1024) {
+        PyErr_Format(PyExc_ValueError, "n must be at most 1024, got %ld",
+                     (long)n);
+        return NULL;
+    }
+    pm_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(pm_get_num_threads());
+}
+
+static PyObject *py_build_info(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    pm_build_info bi;
+    pm_get_build_info(&bi);
+    return Py_BuildValue(
+        "{s:(iii),s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:I}", "onednn_version",
+        bi.onednn_major, bi.onednn_minor, bi.onednn_patch, "onednn_hash",
+        bi.onednn_hash, "onednn_runtime", bi.onednn_runtime, "onednn_isa",
+        bi.onednn_isa, "openblas_config", bi.openblas_config,
+        "openblas_corename", bi.openblas_corename, "openblas_threads",
+        bi.openblas_threads, "openmp_max_threads", bi.openmp_max_threads,
+        "openmp_version", bi.openmp_version, "threads", pm_get_num_threads(),
+        "numpy_abi_version", (unsigned)NPY_ABI_VERSION);
+}
+
+/* ======================================================================== */
+/* Feature normalisation and resampling                                      */
+/* ======================================================================== */
+
+static PyObject *py_l2_normalize(PyObject *self, PyObject *args,
+                                 PyObject *kwargs)
+{
+    (void)self;
+    static char *kwlist[] = {"features", NULL};
+    PyObject *obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:l2_normalize", kwlist,
+                                     &obj))
+        return NULL;
+    PyArrayObject *x = NULL, *out = NULL;
+    char buf[160];
+    x = as_array(obj, "features", NPY_FLOAT32);
+    if (!x) goto fail;
+    if (check_ndim(x, "features", 3, 4, "(B, C, h, w) or (C, h, w)") < 0)
+        goto fail;
+    int nd = PyArray_NDIM(x);
+    npy_intp *d = PyArray_DIMS(x);
+    npy_intp B = nd == 4 ? d[0] : 1, C = d[nd - 3], h = d[nd - 2],
+             w = d[nd - 1];
+    if (h == 0 || w == 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "features must have at least one pixel, got shape %s",
+                     shape_str(x, buf, sizeof buf));
+        goto fail;
+    }
+    out = (PyArrayObject *)PyArray_EMPTY(nd, d, NPY_FLOAT32, 0);
+    if (!out) goto fail;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = pm_l2_normalize((const float *)PyArray_DATA(x),
+                         (float *)PyArray_DATA(out), B, C, h * w);
+    Py_END_ALLOW_THREADS
+    if (st != PM_OK) {
+        raise_status(st, "features");
+        goto fail;
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* Shared by upsample_bilinear and its adjoint: (..., h, w) -> (..., H, W). */
+static PyObject *resample(PyObject *obj, const char *name, PyObject *size_obj,
+                          const char *size_name, int adjoint)
+{
+    PyArrayObject *x = NULL, *out = NULL;
+    char buf[160];
+    npy_intp size[2];
+    x = as_array(obj, name, NPY_FLOAT32);
+    if (!x) goto fail;
+    if (check_ndim(x, name, 2, 4, "(B, C, h, w), (C, h, w) or (h, w)") < 0)
+        goto fail;
+    if (parse_size2(size_obj, size_name, size) < 0) goto fail;
+    int nd = PyArray_NDIM(x);
+    npy_intp dims[4];
+    memcpy(dims, PyArray_DIMS(x), (size_t)nd * sizeof(npy_intp));
+    npy_intp rows = dims[nd - 2], cols = dims[nd - 1];
+    if (rows == 0 || cols == 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must have at least one pixel, got shape %s", name,
+                     shape_str(x, buf, sizeof buf));
+        goto fail;
+    }
+    double planes = 1.0;
+    for (int i = 0; i < nd - 2; i++) planes *= (double)dims[i];
+    if (check_output_size(size_name,
+                          planes * (double)size[0] * (double)size[1],
+                          sizeof(float)) < 0)
+        goto fail;
+    dims[nd - 2] = size[0];
+    dims[nd - 1] = size[1];
+    out = (PyArrayObject *)PyArray_EMPTY(nd, dims, NPY_FLOAT32, 0);
+    if (!out) goto fail;
+    npy_intp P = (npy_intp)planes;
+    const float *src = (const float *)PyArray_DATA(x);
+    float *dst = (float *)PyArray_DATA(out);
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    if (adjoint)
+        /* x is at output resolution (rows, cols); out at size. */
+        st = pm_upsample_bilinear_adjoint(src, dst, P, size[0], size[1], rows,
+                                          cols);
+    else
+        st = pm_upsample_bilinear(src, dst, P, rows, cols, size[0], size[1]);
+    Py_END_ALLOW_THREADS
+    if (st != PM_OK) {
+        raise_status(st, name);
+        goto fail;
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_upsample_bilinear(PyObject *self, PyObject *args,
+                                      PyObject *kwargs)
+{
+    (void)self;
+    static char *kwlist[] = {"x", "size", NULL};
+    PyObject *x, *size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:upsample_bilinear",
+                                     kwlist, &x, &size))
+        return NULL;
+    return resample(x, "x", size, "size", 0);
+}
+
+static PyObject *py_upsample_bilinear_adjoint(PyObject *self, PyObject *args,
+                                              PyObject *kwargs)
+{
+    (void)self;
+    static char *kwlist[] = {"y", "in_size", NULL};
+    PyObject *y, *size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     "OO:upsample_bilinear_adjoint", kwlist,
+                                     &y, &size))
+        return NULL;
+    return resample(y, "y", size, "in_size", 1);
+}
+
+/* ======================================================================== */
+/* Module                                                                   */
+/* ======================================================================== */
+
+PyDoc_STRVAR(set_num_threads_doc,
+"set_num_threads($module, n, /)\n--\n\n"
+"Size the package's thread pool (our kernels and oneDNN); OpenBLAS, called\n"
+"only from inside that pool, stays at one thread.");
+
+PyDoc_STRVAR(get_num_threads_doc,
+"get_num_threads($module, /)\n--\n\n"
+"The size of the package's thread pool.");
+
+PyDoc_STRVAR(build_info_doc,
+"build_info($module, /)\n--\n\n"
+"Versions and configuration of the native libraries in use (a dict).");
+
+PyDoc_STRVAR(l2_normalize_doc,
+"l2_normalize($module, /, features)\n--\n\n"
+"Per-pixel L2 normalisation over channels of (B, C, h, w) or (C, h, w)\n"
+"features; returns float32 of the same shape.  A zero vector stays zero.\n"
+"NaN or inf in the input raise ValueError.");
+
+PyDoc_STRVAR(upsample_bilinear_doc,
+"upsample_bilinear($module, /, x, size)\n--\n\n"
+"Bilinear resampling of the last two axes of x to size=(H, W), the numbers\n"
+"of torch's interpolate(mode='bilinear', align_corners=False).");
+
+PyDoc_STRVAR(upsample_bilinear_adjoint_doc,
+"upsample_bilinear_adjoint($module, /, y, in_size)\n--\n\n"
+"The exact transpose of upsample_bilinear: y at (H, W) -> in_size=(h, w).");
+
+static PyMethodDef methods[] = {
+    {"set_num_threads", (PyCFunction)py_set_num_threads, METH_O,
+     set_num_threads_doc},
+    {"get_num_threads", (PyCFunction)py_get_num_threads, METH_NOARGS,
+     get_num_threads_doc},
+    {"build_info", (PyCFunction)py_build_info, METH_NOARGS, build_info_doc},
+    {"l2_normalize", (PyCFunction)(void (*)(void))py_l2_normalize,
+     METH_VARARGS | METH_KEYWORDS, l2_normalize_doc},
+    {"upsample_bilinear", (PyCFunction)(void (*)(void))py_upsample_bilinear,
+     METH_VARARGS | METH_KEYWORDS, upsample_bilinear_doc},
+    {"upsample_bilinear_adjoint",
+     (PyCFunction)(void (*)(void))py_upsample_bilinear_adjoint,
+     METH_VARARGS | METH_KEYWORDS, upsample_bilinear_adjoint_doc},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_core",
+    "The compiled core of primaps (C kernels on OpenBLAS and oneDNN).", -1,
+    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    pm_pin_blas();
+    return PyModule_Create(&moduledef);
+}

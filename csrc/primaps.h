@@ -1,0 +1,126 @@
+/*
+ * primaps.h -- the one public header of the primaps C core.
+ *
+ * Conventions
+ * - Every symbol carries the pm_ prefix.
+ * - Kernels take raw pointers and sizes, never Python objects, and return a
+ *   pm_status.  They never print and never abort.
+ * - Arrays are dense and C-contiguous.  Images are stored channel-first:
+ *   a batch of features is (B, C, h, w), i.e. element (b, c, y, x) lives at
+ *   ((b*C + c)*h + y)*w + x.
+ * - Batched kernels run their images (or planes) in parallel on the package's
+ *   OpenMP pool (pm_set_num_threads).  Their results do not depend on the
+ *   number of threads: the work is split so that every output element is
+ *   computed by one thread in a fixed order.
+ */
+#ifndef PRIMAPS_H
+#define PRIMAPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    PM_OK = 0,
+    PM_ERR_NOMEM = 1,     /* an allocation failed                          */
+    PM_ERR_ARG = 2,       /* a size or parameter is out of range           */
+    PM_ERR_NONFINITE = 3, /* an input holds NaN or inf                     */
+    PM_ERR_BLAS = 4,      /* OpenBLAS / LAPACK reported an error           */
+    PM_ERR_DNNL = 5,      /* a oneDNN call failed                          */
+    PM_ERR_INTERNAL = 6   /* an invariant of the core was violated         */
+} pm_status;
+
+/* A static, human-readable description of a status code. */
+const char *pm_status_str(int status);
+
+/* ------------------------------------------------------------------------ */
+/* Runtime: threads and library versions (runtime.c)                        */
+/* ------------------------------------------------------------------------ */
+
+/* The size of the package's OpenMP pool.  It runs the core's own parallel
+ * loops and oneDNN's primitives.  OpenBLAS is called only from inside that
+ * pool and is held at one thread, so the two never oversubscribe the cores.
+ * pm_set_num_threads returns PM_ERR_ARG for n < 1. */
+int pm_set_num_threads(int n);
+int pm_get_num_threads(void);
+
+/* Call before a oneDNN primitive is executed from the current thread: makes
+ * oneDNN's OpenMP regions use the pool size set by pm_set_num_threads. */
+void pm_prepare_onednn_call(void);
+
+/* Pins OpenBLAS to one thread (see pm_set_num_threads). */
+void pm_pin_blas(void);
+
+typedef struct {
+    int onednn_major, onednn_minor, onednn_patch;
+    const char *onednn_hash;    /* git hash of the oneDNN build            */
+    const char *onednn_runtime; /* "OpenMP", "TBB", "sequential", ...       */
+    const char *onednn_isa;     /* the ISA oneDNN dispatches to            */
+    const char *openblas_config;   /* OpenBLAS' get_config() string        */
+    const char *openblas_corename; /* the kernel family OpenBLAS picked    */
+    int openblas_threads;
+    int openmp_max_threads;     /* omp_get_max_threads() of this thread     */
+    int openmp_version;         /* _OPENMP of the build                      */
+} pm_build_info;
+
+/* Fills *info; every string is static. */
+int pm_get_build_info(pm_build_info *info);
+
+/* ------------------------------------------------------------------------ */
+/* Feature normalisation (normalize.c)                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Per-pixel L2 normalisation over channels.
+ *   src, dst: (B, C, n) with n = h*w pixels per image; dst may equal src.
+ * dst[b, :, p] = src[b, :, p] / ||src[b, :, p]||, accumulated in double so
+ * that no finite float vector under- or overflows; a zero vector stays zero.
+ * Returns PM_ERR_NONFINITE (dst untouched or partly written) if src holds a
+ * NaN or an inf. */
+int pm_l2_normalize(const float *src, float *dst, int64_t B, int64_t C,
+                    int64_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Bilinear resampling (resample.c)                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Bilinear up- or down-sampling of P independent planes, with the numbers of
+ * torch.nn.functional.interpolate(mode="bilinear", align_corners=False,
+ * antialias=False) given an output size:
+ *   src: (P, h, w), dst: (P, H, W).
+ * Source coordinate of output index i: max(0, (i + 0.5) * in / out - 0.5),
+ * computed in float as torch does; neighbours are clamped to the edge. */
+int pm_upsample_bilinear(const float *src, float *dst, int64_t P, int64_t h,
+                         int64_t w, int64_t H, int64_t W);
+
+/* The exact transpose of pm_upsample_bilinear for the same sizes:
+ *   src: (P, H, W) (a gradient at output resolution), dst: (P, h, w).
+ * <upsample(x), y> == <x, adjoint(y)> up to rounding. dst is overwritten. */
+int pm_upsample_bilinear_adjoint(const float *src, float *dst, int64_t P,
+                                 int64_t h, int64_t w, int64_t H, int64_t W);
+
+/* The interpolation table of one axis, shared by the resampling kernels and
+ * by the fused kernels that upsample on the fly (em.c, masks.c).
+ *   i0[o], i1[o]: the two source indices of output index o (i1 = i0 or i0+1)
+ *   l0[o], l1[o]: their weights, l0 + l1 = 1. */
+typedef struct {
+    int64_t *i0, *i1;
+    float *l0, *l1;
+    int64_t n_out;
+} pm_axis_table;
+
+/* Allocates and fills a table for in -> out; pm_axis_table_free releases it. */
+int pm_axis_table_init(pm_axis_table *t, int64_t in, int64_t out);
+void pm_axis_table_free(pm_axis_table *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PRIMAPS_H */

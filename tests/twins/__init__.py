@@ -1,0 +1,1 @@
+"""NumPy twins of the C kernels, written independently of them, in float64."""
