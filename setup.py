@@ -27,12 +27,8 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).resolve().parent
 
-SOURCES = [
-    "csrc/module.c",
-    "csrc/runtime.c",
-    "csrc/normalize.c",
-    "csrc/resample.c",
-]
+# Every C file of csrc/: the kernels and module.c, the one binding file.
+SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
 
 WARNINGS = [
     "-Wall",

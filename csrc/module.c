@@ -368,6 +368,30 @@ static PyObject *py_upsample_bilinear_adjoint(PyObject *self, PyObject *args,
 }
 
 /* ======================================================================== */
+/* Mask proposals (masks.c)                                                 */
+/* ======================================================================== */
+
+static PyMethodDef masks_methods[] = {{NULL, NULL, 0, NULL}};
+
+/* ======================================================================== */
+/* PriMaPs-EM and the linear probe (em.c)                                   */
+/* ======================================================================== */
+
+static PyMethodDef em_methods[] = {{NULL, NULL, 0, NULL}};
+
+/* ======================================================================== */
+/* Evaluation (metrics.c)                                                   */
+/* ======================================================================== */
+
+static PyMethodDef metrics_methods[] = {{NULL, NULL, 0, NULL}};
+
+/* ======================================================================== */
+/* Dense CRF (crf.c)                                                        */
+/* ======================================================================== */
+
+static PyMethodDef crf_methods[] = {{NULL, NULL, 0, NULL}};
+
+/* ======================================================================== */
 /* Module                                                                   */
 /* ======================================================================== */
 
@@ -399,7 +423,7 @@ PyDoc_STRVAR(upsample_bilinear_adjoint_doc,
 "upsample_bilinear_adjoint($module, /, y, in_size)\n--\n\n"
 "The exact transpose of upsample_bilinear: y at (H, W) -> in_size=(h, w).");
 
-static PyMethodDef methods[] = {
+static PyMethodDef core_methods[] = {
     {"set_num_threads", (PyCFunction)py_set_num_threads, METH_O,
      set_num_threads_doc},
     {"get_num_threads", (PyCFunction)py_get_num_threads, METH_NOARGS,
@@ -417,11 +441,22 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "_core",
     "The compiled core of primaps (C kernels on OpenBLAS and oneDNN).", -1,
-    methods, NULL, NULL, NULL, NULL};
+    core_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
     pm_pin_blas();
-    return PyModule_Create(&moduledef);
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    /* One method table per kernel family, each next to its bindings. */
+    PyMethodDef *families[] = {masks_methods, em_methods, metrics_methods,
+                               crf_methods};
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
+        if (PyModule_AddFunctions(m, families[i]) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
 }
