@@ -536,21 +536,7 @@ class FeatureStore:
         if not _all_finite(data):
             what = "NaN or inf" if not np.isfinite(arr).all() else f"values too large for {self.dtype}"
             raise ValueError(f"features hold {what}")
-        name = self._next_name("features")
-        size, crc = _write_atomic(self.path, name, _npy_writer(data))
-        entry = {"file": name, "ids": ids, "shape": list(data.shape), "bytes": size, "crc32": crc}
-        self._index["shards"].append(entry)
-        if self._index["item_shape"] is None:
-            self._index["item_shape"] = list(data.shape[1:])
-        try:
-            self._write_index()
-        except BaseException:
-            self._index["shards"].pop()
-            raise
-        self._verified.add(name)
-        k = len(self._index["shards"]) - 1
-        for row, i in enumerate(ids):
-            self._where[i] = (k, row)
+        self._commit("features", ids, data)
 
     def write_masks(self, ids: Sequence[str], masks: Any) -> None:
         """Store pseudo labels (PriMaPs mask maps) beside the features.
@@ -577,19 +563,29 @@ class FeatureStore:
         if unknown:
             raise ValueError(f"ids not in the store: {', '.join(map(repr, unknown[:3]))}")
         data = np.ascontiguousarray(arr, dtype=_mask_dtype(arr))
-        name = self._next_name("masks")
+        self._commit("masks", ids, data)
+
+    def _commit(self, kind: str, ids: List[str], data: np.ndarray) -> None:
+        """Write `data` as the next shard of `kind`, then the index listing it."""
+        key, where = ("shards", self._where) if kind == "features" else ("mask_shards", self._mask_where)
+        name = self._next_name(kind)
         size, crc = _write_atomic(self.path, name, _npy_writer(data))
         entry = {"file": name, "ids": ids, "shape": list(data.shape), "bytes": size, "crc32": crc}
-        self._index["mask_shards"].append(entry)
+        first = kind == "features" and self._index["item_shape"] is None
+        self._index[key].append(entry)
+        if first:
+            self._index["item_shape"] = list(data.shape[1:])
         try:
             self._write_index()
-        except BaseException:
-            self._index["mask_shards"].pop()
+        except BaseException:  # the index on disk still is the old one
+            self._index[key].pop()
+            if first:
+                self._index["item_shape"] = None
             raise
         self._verified.add(name)
-        k = len(self._index["mask_shards"]) - 1
+        k = len(self._index[key]) - 1
         for row, i in enumerate(ids):
-            self._mask_where[i] = (k, row)
+            where[i] = (k, row)
 
     # --------------------------------------------------------------- reading
 
@@ -704,7 +700,14 @@ class FeatureStore:
                 raise ValueError(
                     f"masks=True but {len(lacking)} images have no pseudo labels, e.g. {lacking[0]!r}"
                 )
+        if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
         out_dtype = self.dtype if dtype is None else np.dtype(dtype)
+        if out_dtype.kind != "f":
+            raise ValueError(f"dtype must be a floating-point dtype, got {out_dtype}")
+        return self._stream(int(batch_size), shuffle, seed, masks, drop_last, out_dtype, int(max_memory))
+
+    def _stream(self, batch_size, shuffle, seed, masks, drop_last, out_dtype, max_memory) -> Iterator[tuple]:
         rng = np.random.default_rng(seed)
         shards = self._index["shards"]
         order = rng.permutation(len(shards)) if shuffle else np.arange(len(shards))

@@ -372,6 +372,14 @@ def test_cocostuff_train_split_and_missing_files(tmp_path, shared_data):
         CocoStuff(tmp_path / "coco", "train")
 
 
+def test_cocostuff_empty_list_names_the_file(tmp_path, shared_data):
+    make_coco(tmp_path / "coco", shared_data, n=1)
+    lst = tmp_path / "coco/curated/val2017/Coco164kFull_Stuff_Coarse_7.txt"
+    lst.write_text("\n\n")
+    with pytest.raises(DatasetFileError, match=re.escape(str(lst)) + ": the image list holds no image ids"):
+        CocoStuff(tmp_path / "coco", "val")
+
+
 def test_cocostuff_sample_without_images_names_the_folder(shared_data):
     root = shared_data / "cocostuff"
     with pytest.raises(FileNotFoundError, match=re.escape(str(root / "images" / "val2017"))):

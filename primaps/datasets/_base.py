@@ -105,6 +105,18 @@ def report_missing(dataset: str, missing: List[Path], what: str) -> None:
     )
 
 
+def read_id_list(path: Path) -> List[str]:
+    """The non-empty, stripped lines of an image-id list."""
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetFileError(path, f"cannot read the image list ({exc})") from exc
+    ids = [line.strip() for line in lines if line.strip()]
+    if not ids:
+        raise DatasetFileError(path, "the image list holds no image ids")
+    return ids
+
+
 def names_in(folder: Path) -> set:
     """The entry names of `folder` (one directory scan instead of one stat
     per file, which matters for COCO's 50k images)."""

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ._base import (
-    DatasetFileError,
     SegmentationDataset,
     apply_table,
     names_in,
+    read_id_list,
     read_label_png,
     report_missing,
     require_dir,
@@ -123,13 +123,7 @@ class CocoStuff(SegmentationDataset):
             self.root / "annotations" / sub, self.name,
             f"annotations/{sub}/<id>.png under root {self.root}",
         )  # fmt: skip
-        try:
-            ids = [line.strip() for line in lst.read_text(encoding="ascii").splitlines()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetFileError(lst, f"cannot read the image list ({exc})") from exc
-        self.ids = [i for i in ids if i]
-        if not self.ids:
-            raise DatasetFileError(lst, "the image list holds no image ids")
+        self.ids = read_id_list(lst)
         have_images, have_labels = names_in(image_dir), names_in(label_dir)
         missing_images = [image_dir / f"{i}.jpg" for i in self.ids if f"{i}.jpg" not in have_images]
         missing_labels = [label_dir / f"{i}.png" for i in self.ids if f"{i}.png" not in have_labels]

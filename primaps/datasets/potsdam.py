@@ -13,6 +13,7 @@ from ._base import (
     apply_table,
     lookup_table,
     names_in,
+    read_id_list,
     report_missing,
     require_dir,
     require_file,
@@ -86,13 +87,7 @@ class Potsdam(SegmentationDataset):
         label_dir = self.root / "gt"
         if labelled:
             require_dir(label_dir, self.name, f"gt/<id>.mat under root {self.root}")
-        try:
-            ids = [line.strip() for line in lst.read_text(encoding="ascii").splitlines()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetFileError(lst, f"cannot read the split list ({exc})") from exc
-        self.ids = [i for i in ids if i]
-        if not self.ids:
-            raise DatasetFileError(lst, "the split list holds no image ids")
+        self.ids = read_id_list(lst)
         have_images = names_in(image_dir)
         have_labels = names_in(label_dir) if label_dir.is_dir() else set()
         report_missing(
