@@ -32,6 +32,11 @@ l2_normalize = _core.l2_normalize
 upsample_bilinear = _core.upsample_bilinear
 upsample_bilinear_adjoint = _core.upsample_bilinear_adjoint
 
+# Data: dataset loaders and the on-disk feature store (backbones, which need
+# torch, stay in the optional module primaps.backbones).
+from . import datasets
+from .features import FeatureStore, FeatureStoreError
+
 __all__ = [
     "__version__",
     "build_info",
@@ -40,4 +45,7 @@ __all__ = [
     "l2_normalize",
     "upsample_bilinear",
     "upsample_bilinear_adjoint",
+    "datasets",
+    "FeatureStore",
+    "FeatureStoreError",
 ]
