@@ -32,6 +32,9 @@ l2_normalize = _core.l2_normalize
 upsample_bilinear = _core.upsample_bilinear
 upsample_bilinear_adjoint = _core.upsample_bilinear_adjoint
 
+# Evaluation (metrics.py); the pictures live in primaps.viz (extra "viz").
+from .metrics import EvaluationReport, Evaluator, evaluate
+
 __all__ = [
     "__version__",
     "build_info",
@@ -40,4 +43,7 @@ __all__ = [
     "l2_normalize",
     "upsample_bilinear",
     "upsample_bilinear_adjoint",
+    "EvaluationReport",
+    "Evaluator",
+    "evaluate",
 ]
