@@ -293,7 +293,8 @@ def plot_panels(
     path : str or PathLike, optional
         Where to write the PNG.
     panel_size : float, default 2.6
-        Inches per panel.
+        Height of a panel in inches (the width follows the pictures' aspect
+        ratio).
 
     Returns
     -------
@@ -331,7 +332,11 @@ def plot_panels(
         palette = default_palette(max(top, len(class_names) if class_names else 1))
     pal = _check_palette(palette, top)
 
-    fig = _new_figure(mpl, (panel_size * len(columns), panel_size * n + (0.9 if class_names else 0.0)))
+    first = np.asarray(columns[0][1][0])
+    h, w = (first.shape[-2:] if columns[0][0] != "image" else _image_rgb(first).shape[:2])
+    aspect = min(max(w / max(h, 1), 0.5), 3.0)  # panels follow the pictures' shape
+    legend_height = 0.9 if class_names else 0.0
+    fig = _new_figure(mpl, (panel_size * aspect * len(columns), panel_size * n + legend_height))
     axes = fig.subplots(n, len(columns), squeeze=False)
     for j, (title, batch) in enumerate(columns):
         for i, x in enumerate(batch):

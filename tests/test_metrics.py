@@ -545,3 +545,34 @@ def test_from_confusion_rejects_bad_input():
         EvaluationReport.from_confusion(np.ones((2, 2), np.int64), 2, assignment=[0, 2])
     with pytest.raises(ValueError, match="confusion must have shape"):
         match_clusters(np.ones((2, 3)))
+
+
+# ------------------------------------------------------------ real labels
+
+
+def cityscapes_sample(root):
+    from PIL import Image
+
+    path = root / "cityscapes/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png"
+    ids = np.asarray(Image.open(path)).astype(np.int64)
+    return np.where((ids >= 7) & (ids <= 33), ids - 7, 255).astype(np.uint8)
+
+
+def test_real_cityscapes_labels(shared_data, rng):
+    gt = cityscapes_sample(shared_data)
+    present = np.unique(gt[gt != 255])
+    perm = rng.permutation(27)
+    pred = perm[np.where(gt == 255, present[0], gt)]
+    r = primaps.evaluate(pred, gt, 27)
+    # a relabelling is matched back exactly
+    assert r.accuracy == 100.0 and r.miou == 100.0
+    assert r.undefined == tuple(sorted(set(range(27)) - set(present.tolist())))
+    np.testing.assert_array_equal(r.map_clusters(pred)[gt != 255], gt[gt != 255])
+    assert r.n_skipped == int((gt == 255).sum()) and r.n_pixels + r.n_skipped == gt.size
+    # one class predicted as another: its IoU drops to 0, the other's to tp / (tp + fp)
+    a, b = present[np.argsort([(gt == c).sum() for c in present])[-2:]]
+    pred2 = perm[np.where(gt == 255, present[0], np.where(gt == a, b, gt))]
+    r2 = primaps.evaluate(pred2, gt, 27)
+    ref = twin.scores_by_definition(twin.confusion_bincount(pred2, gt, 27), r2.assignment)
+    assert r2.miou == pytest.approx(ref["miou"]) and r2.accuracy == pytest.approx(ref["accuracy"])
+    assert r2.accuracy == pytest.approx(100 * (1 - (gt == a).sum() / (gt != 255).sum()))

@@ -190,3 +190,18 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
         viz.plot_panels(gt=np.zeros((2, 2), int))
     # colouring needs no matplotlib
     assert viz.colorize(np.zeros((2, 2), int)).shape == (2, 2, 3)
+
+
+def test_panels_of_a_real_cityscapes_frame(mpl, shared_data, tmp_path):
+    root = shared_data / "cityscapes"
+    img = np.asarray(Image.open(next((root / "leftImg8bit").rglob("*.png"))).convert("RGB"))
+    ids = np.asarray(Image.open(next((root / "gtFine").rglob("*_labelIds.png")))).astype(np.int64)
+    gt = np.where((ids >= 7) & (ids <= 33), ids - 7, 255).astype(np.uint8)
+    pred = np.where(gt == 255, 0, (gt.astype(np.int64) + 5) % 27)
+    report = primaps.evaluate(pred, gt, 27, class_names=CITYSCAPES)
+    path = tmp_path / "frame.png"
+    fig = viz.plot_panels(img, gt, pred, report=report, path=path)
+    w, h = png_size(path)
+    assert w > h > 150
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [CITYSCAPES[k] for k in np.unique(report.map_clusters(pred)) if k != 255]
