@@ -384,7 +384,7 @@ class Evaluator:
 
     Examples
     --------
-    >>> ev = primaps.Evaluator(27, class_names=CITYSCAPES_CLASSES)
+    >>> ev = primaps.Evaluator(27, class_names=names)  # 27 strings
     >>> for pred, gt in batches:          # (B, H, W) or (H, W) integer arrays
     ...     ev.update(pred, gt)
     >>> report = ev.compute()
