@@ -119,6 +119,36 @@ typedef struct {
 int pm_axis_table_init(pm_axis_table *t, int64_t in, int64_t out);
 void pm_axis_table_free(pm_axis_table *t);
 
+/* ------------------------------------------------------------------------ */
+/* Evaluation: confusion matrices (metrics.c)                               */
+/* ------------------------------------------------------------------------ */
+
+/* Element types of label arrays read by the evaluation kernels.  Other
+ * integer types are converted by the caller (int8, int16 -> int32; uint32,
+ * uint64 -> int64). */
+typedef enum {
+    PM_LABEL_U8 = 0,
+    PM_LABEL_U16 = 1,
+    PM_LABEL_I32 = 2,
+    PM_LABEL_I64 = 3
+} pm_label_type;
+
+/* Adds the confusion counts of n pixels to conf.
+ *   pred: (n,) cluster ids of type pred_type, each must lie in [0, R);
+ *   gt:   (n,) class ids of type gt_type; a pixel whose gt lies outside
+ *         [0, K) (the ignore label 255, -1, ...) is not counted;
+ *   conf: (R, K) int64, conf[p*K + g] += #pixels with pred p and gt g.
+ * n_skipped (may be NULL) is increased by the number of pixels not counted.
+ * A prediction outside [0, R) makes it return PM_ERR_ARG with *bad_index
+ * (may be NULL) set to the flat index of the first one; conf and n_skipped
+ * are then untouched.  Otherwise *bad_index = -1.  R*K must be < 2^31.
+ * Pixels are counted in parallel; the counts are exact for any thread
+ * count. */
+int pm_confusion_accumulate(const void *pred, pm_label_type pred_type,
+                            const void *gt, pm_label_type gt_type, int64_t n,
+                            int64_t R, int64_t K, int64_t *conf,
+                            int64_t *n_skipped, int64_t *bad_index);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,8 @@ upsample_bilinear_adjoint = _core.upsample_bilinear_adjoint
 # torch, stay in the optional module primaps.backbones).
 from . import datasets
 from .features import FeatureStore, FeatureStoreError
+# Evaluation (metrics.py); the pictures live in primaps.viz (extra "viz").
+from .metrics import EvaluationReport, Evaluator, evaluate
 
 __all__ = [
     "__version__",
@@ -48,4 +50,7 @@ __all__ = [
     "datasets",
     "FeatureStore",
     "FeatureStoreError",
+    "EvaluationReport",
+    "Evaluator",
+    "evaluate",
 ]
