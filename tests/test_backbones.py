@@ -200,10 +200,11 @@ def test_floats_in_0_1_equal_uint8(weights):
         backbones.extract(x, "dino_vits8", weights["dino"]), rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
-def test_without_torch_the_error_names_the_extra():
+def test_without_torch_the_error_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
             "import primaps.backbones as b\n"
             "try:\n    b.extract(None, 'dino_vits8', 'w.pth')\n"
             "except ImportError as e:\n    print(e)\n")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)  # outside the source tree
     assert "pip install 'primaps[torch]'" in out.stdout

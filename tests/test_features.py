@@ -16,7 +16,6 @@ import pytest
 from primaps import FeatureStore, FeatureStoreError
 from primaps.datasets import Protocol
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def feats(n, shape=(6, 4, 5), seed=0):
@@ -385,7 +384,7 @@ WRITER = textwrap.dedent("""
 def test_writer_killed_in_the_middle_of_an_append(tmp_path, phase):
     path = tmp_path / "s"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), phase],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
     try:
         line = proc.stdout.readline().strip()
         assert line == "STALLED", f"the writer did not reach the {phase} point: {line!r}"
@@ -459,7 +458,7 @@ def test_streaming_a_store_larger_than_memory_stays_bounded(tmp_path):
     assert size > 2 * 10**9
     budget = 192 << 20
     out = subprocess.run([sys.executable, "-c", STREAMER, str(path), str(budget)],
-                         capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+                         capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
     n, total, base, peak = out.stdout.split()
     assert int(n) == 32 * per_shard and float(total) == expected
     # window (192 MiB) + two float16 batches (2 x 20 MiB) + the carried rows (< 20 MiB)

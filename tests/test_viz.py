@@ -169,14 +169,15 @@ def test_failed_write_leaves_nothing(mpl, tmp_path, report27):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pictures_never_load_pyplot(mpl):
+def test_pictures_never_load_pyplot(mpl, tmp_path):
     code = (
         "import sys, numpy as np, primaps, primaps.viz as v;"
         "r = primaps.evaluate(np.array([0, 1]), np.array([1, 0]), 2);"
         "v.plot_confusion(r); v.plot_panels(gt=np.array([[0, 1]]));"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)  # outside the source tree
     assert res.returncode == 0, res.stderr
 
 
