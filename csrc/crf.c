@@ -380,6 +380,17 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
  * have constant trip counts and vectorise completely. */
 #define PM_INLINE static inline __attribute__((always_inline))
 
+/* The filtering loops are compiled twice, for AVX2 and for the baseline
+ * (SSE2), and picked at load time.  Each lane's arithmetic is the same
+ * sequence of IEEE operations in both (no FMA: -ffp-contract=off), so the
+ * results are bitwise equal. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(PM_NO_CLONES)
+#define PM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PM_CLONES
+#endif
+
 /* vals[v] = sum over points i and corners r with offset[i, r] = v of
  * w[i, r] src[i], accumulated in pixel order; (M+1, P), row 0 stays 0. */
 PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
@@ -447,8 +458,8 @@ PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
     default: CALL(P); break;                                                  \
     }
 
-static void lattice_splat(const lattice *L, const float *w, const float *src,
-                          float *vals, int64_t P)
+PM_CLONES static void lattice_splat(const lattice *L, const float *w,
+                                    const float *src, float *vals, int64_t P)
 {
 #define PM_SPLAT(W) splat_body(L, w, src, vals, W)
     PM_WIDTH_SWITCH(P, PM_SPLAT)
@@ -457,7 +468,8 @@ static void lattice_splat(const lattice *L, const float *w, const float *src,
 
 /* d+1 blur passes ping-ponging between a and b; returns the buffer that
  * holds the result.  Row 0 of both must be zero. */
-static float *lattice_blur(const lattice *L, float *a, float *b, int64_t P)
+PM_CLONES static float *lattice_blur(const lattice *L, float *a, float *b,
+                                     int64_t P)
 {
     for (int j = 0; j <= L->d; j++) {
 #define PM_BLUR(W) blur_body(L, j, a, b, W)
@@ -470,8 +482,8 @@ static float *lattice_blur(const lattice *L, float *a, float *b, int64_t P)
     return a;
 }
 
-static void lattice_slice(const lattice *L, const float *w, const float *vals,
-                          float *dst, int64_t P)
+PM_CLONES static void lattice_slice(const lattice *L, const float *w,
+                                    const float *vals, float *dst, int64_t P)
 {
 #define PM_SLICE(W) slice_body(L, w, vals, dst, W)
     PM_WIDTH_SWITCH(P, PM_SLICE)
@@ -743,7 +755,7 @@ static void softmax_groups(workspace *ws, int64_t i, int64_t N, int64_t Lp,
 /* e = -U + m1 + m2 into m1 for n consecutive values of one group
  * (densecrf's order: -U, minus the Gaussian term, minus the bilateral
  * one). */
-static void energy_rows(workspace *ws, int64_t at, int64_t n, int has1,
+static inline void energy_rows(workspace *ws, int64_t at, int64_t n, int has1,
                         int has2)
 {
     const float *u = ws->negu + at, *b = ws->m2 + at;
@@ -756,24 +768,63 @@ static void energy_rows(workspace *ws, int64_t at, int64_t n, int has1,
         for (int64_t k = 0; k < n; k++) a[k] = u[k] + b[k];
 }
 
-/* -U = log_softmax(logits) and Q = softmax(-U), in the group layout.  The
+/* -U = log_softmax(logits) and Q = softmax(logits), in the group layout.  The
  * logits are finite (checked up front).  Pad lanes get -U = -inf, so that
  * every softmax gives them exactly 0. */
+/* Plane-major (L, N) <-> the group layout, a block of pixels at a time so
+ * that each plane is read or written in runs (a pixel at a time, the planes
+ * are a page apart and every access is a TLB miss). */
+#define PM_TBLOCK 64
+
+static void planes_to_groups(const float *src, float *dst, int64_t N,
+                             int64_t L, int64_t Lp, int G, float pad, int nt)
+{
+    const int64_t nb = Lp / 4, blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < blocks; t++) {
+        const int64_t i0 = t * PM_TBLOCK;
+        const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
+        for (int g = 0; g < G; g++) {
+            const lane_group lg = group_of(g, G, nb);
+            float *d = dst + N * 4 * lg.b0;
+            for (int64_t k = 0; k < lg.P; k++) {
+                const int64_t c = 4 * lg.b0 + k;
+                if (c < L)
+                    for (int64_t i = i0; i < i1; i++) d[i * lg.P + k] = src[c * N + i];
+                else
+                    for (int64_t i = i0; i < i1; i++) d[i * lg.P + k] = pad;
+            }
+        }
+    }
+}
+
+static void groups_to_planes(const float *src, float *dst, int64_t N,
+                             int64_t L, int64_t Lp, int G, int nt)
+{
+    const int64_t nb = Lp / 4, blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < blocks; t++) {
+        const int64_t i0 = t * PM_TBLOCK;
+        const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
+        for (int g = 0; g < G; g++) {
+            const lane_group lg = group_of(g, G, nb);
+            const float *s = src + N * 4 * lg.b0;
+            for (int64_t k = 0; k < lg.P && 4 * lg.b0 + k < L; k++) {
+                float *d = dst + (4 * lg.b0 + k) * N;
+                for (int64_t i = i0; i < i1; i++) d[i] = s[i * lg.P + k];
+            }
+        }
+    }
+}
+
 static void load_unary(const float *logits, workspace *ws, int64_t N,
                        int64_t L, int64_t Lp, int G, int nt)
 {
     const int64_t nb = Lp / 4;
+    /* The logits, pad lanes -inf, into m1 (scratch). */
+    planes_to_groups(logits, ws->m1, N, L, Lp, G, -INFINITY, nt);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < N; i++) {
-        /* The logits, pad lanes -inf, into the rows of m1 (scratch). */
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            float *e = ws->m1 + N * 4 * lg.b0 + i * lg.P;
-            for (int64_t k = 0; k < lg.P; k++) {
-                const int64_t c = 4 * lg.b0 + k;
-                e[k] = c < L ? logits[c * N + i] : -INFINITY;
-            }
-        }
         /* -U = x - max - log(sum exp(x - max)). */
         float mx = -INFINITY;
         for (int g = 0; g < G; g++) {
@@ -789,19 +840,16 @@ static void load_unary(const float *logits, workspace *ws, int64_t N,
             memcpy(ws->q + at, ws->m1 + at, (size_t)lg.P * sizeof(float));
             exp_shift_row(ws->q + at, lg.P, mx, &acc);
         }
-        const float lse = mx + logf(hsum4(acc));
+        const float sum = hsum4(acc), lse = mx + logf(sum);
         for (int g = 0; g < G; g++) {
             const lane_group lg = group_of(g, G, nb);
             const int64_t at = N * 4 * lg.b0 + i * lg.P;
-            for (int64_t k = 0; k < lg.P; k++)
+            for (int64_t k = 0; k < lg.P; k++) {
                 ws->negu[at + k] = ws->m1[at + k] - lse; /* -inf stays */
-            memcpy(ws->m1 + at, ws->negu + at, (size_t)lg.P * sizeof(float));
+                /* Q = softmax(logits) = softmax(-U): exp(x - max) / sum. */
+                ws->q[at + k] /= sum;
+            }
         }
-        /* Q = softmax(-U). */
-        if (G == 1)
-            softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
-        else
-            softmax_groups(ws, i, N, Lp, G);
     }
 }
 
@@ -827,19 +875,20 @@ static void mean_field(workspace *ws, const kernel *smooth, const kernel *app,
             if (app)
                 kernel_message(app, q, va, vb, ws->m2 + N * 4 * lg.b0, lg.P);
         }
-        /* Energies, then the softmax over each pixel's labels. */
-#pragma omp for schedule(static)
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            energy_rows(ws, N * 4 * lg.b0, N * lg.P, smooth != NULL,
-                        app != NULL);
-        }
+        /* Energies and the softmax over each pixel's labels. */
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < N; i++) {
-            if (G == 1)
+            if (G == 1) {
+                energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
                 softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
-            else
-                softmax_groups(ws, i, N, Lp, G);
+                continue;
+            }
+            for (int g = 0; g < G; g++) {
+                const lane_group lg = group_of(g, G, nb);
+                energy_rows(ws, N * 4 * lg.b0 + i * lg.P, lg.P, smooth != NULL,
+                            app != NULL);
+            }
+            softmax_groups(ws, i, N, Lp, G);
         }
     }
 }
@@ -890,14 +939,7 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
         if (st != PM_OK) return st;
         mean_field(ws, smooth, app, N, M, Lp, p->iterations, G, nt);
     }
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < N; i++)
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            const float *q = ws->q + N * 4 * lg.b0 + i * lg.P;
-            for (int64_t k = 0; k < lg.P && 4 * lg.b0 + k < L; k++)
-                out[(4 * lg.b0 + k) * N + i] = q[k];
-        }
+    groups_to_planes(ws->q, out, N, L, Lp, G, nt);
     return PM_OK;
 }
 
