@@ -3,12 +3,13 @@ pydensecrf2 (when installed) in the same process, on the same inputs.
 
     flock /tmp/primaps-cpu.lock python benchmarks/bench_crf.py
 
-Times (medians) for 1 and 2 threads:
+Times (medians) for 1 and 2 threads, the contenders interleaved within each
+repetition; speed-ups are medians of the per-repetition ratios:
 - ``dense_crf``: one call on one image, nothing kept between calls;
 - ``DenseCRF``: the same through a reused context (buffers and the
   smoothness lattice, which depends only on the image size, are kept), the
   way a dataset of same-size images is processed;
-- ``batch``: a (B, H, W, 3) batch through a context, per image;
+- ``batch``: a batch of 8 (B, H, W, 3) through a context, time per image;
 - ``pydensecrf2``: DenseCRF2D with the same parameters (single-threaded).
 Also prints the largest marginal difference from pydensecrf2 and appends a
 JSON record to benchmarks/out/crf.json.
@@ -99,35 +100,60 @@ def main(argv=None) -> int:
     results = []
     for L in args.labels:
         logits = make_logits(rng, L, args.size)
-        imgs = np.stack([img, img[::-1], img[:, ::-1], img[::-1, ::-1]] * (args.batch // 4 + 1))[: args.batch]
+        flips = [img, img[::-1], img[:, ::-1], img[::-1, ::-1]]
+        imgs = np.stack([flips[b % 4] for b in range(args.batch)])
         blogits = np.stack([make_logits(rng, L, args.size) for _ in range(args.batch)])
         ref_run = pydensecrf_runner(img, logits, args.iterations)
         row = {"labels": L, "size": args.size, "iterations": args.iterations, "image": source}
         if ref_run is not None:
             ref = ref_run()
-            row["pydensecrf2_s"] = median(timeit(ref_run, repeat=max(3, args.repeat // 2)))
+            q = primaps.dense_crf(img, logits, args.iterations)
+            row["max_abs_diff"] = float(np.abs(q - ref).max())
+            row["argmax_agreement"] = float((q.argmax(0) == ref.argmax(0)).mean())
+        crfs = {}
         for n in args.threads:
             primaps.set_num_threads(n)
-            crf = primaps.DenseCRF(iterations=args.iterations)
-            cold = median(timeit(lambda: primaps.dense_crf(img, logits, args.iterations), repeat=args.repeat))
-            warm = median(timeit(lambda: crf(img, logits), repeat=args.repeat))
-            batch = median(timeit(lambda: crf(imgs, blogits), repeat=max(3, args.repeat // 2))) / args.batch
-            row[f"threads{n}"] = {"dense_crf_s": cold, "DenseCRF_s": warm, "batch_per_image_s": batch}
-            line = (f"L={L:2d} threads={n}: dense_crf {cold * 1e3:7.1f} ms, DenseCRF {warm * 1e3:7.1f} ms, "
-                    f"batch of {args.batch} {batch * 1e3:7.1f} ms/image")
+            crfs[n] = primaps.DenseCRF(iterations=args.iterations)
+            crfs[n](img, logits)  # warm the context
+            crfs[n](imgs, blogits)
+        # Interleaved: every repetition times each contender once, so that
+        # the load of a shared machine hits all of them alike; ratios are
+        # taken within a repetition.
+        times = {k: [] for k in ["pydensecrf2"] + [f"{m}@{n}" for n in args.threads
+                                                   for m in ("dense_crf", "DenseCRF", "batch")]}
+        for _ in range(args.repeat):
             if ref_run is not None:
-                q = primaps.dense_crf(img, logits, args.iterations)
-                diff = float(np.abs(q - ref).max())
-                agree = float((q.argmax(0) == ref.argmax(0)).mean())
-                t_ref = row["pydensecrf2_s"]
-                line += (f" | pydensecrf2 {t_ref * 1e3:7.1f} ms: x{t_ref / cold:.1f} (dense_crf), "
-                         f"x{t_ref / warm:.1f} (DenseCRF), x{t_ref / batch:.1f} (batch); "
-                         f"max|dQ| {diff:.1e}, argmax agree {agree:.4f}")
-                row["max_abs_diff"] = diff
-                row["argmax_agreement"] = agree
-            print(line, flush=True)
-        if ref_run is None:
-            print(f"L={L:2d}: pydensecrf2 is not installed (pip install pydensecrf2) - no reference timing")
+                times["pydensecrf2"] += timeit(ref_run, repeat=1, warmup=0)
+            for n in args.threads:
+                primaps.set_num_threads(n)
+                times[f"dense_crf@{n}"] += timeit(lambda: primaps.dense_crf(img, logits, args.iterations),
+                                                  repeat=1, warmup=0)
+                times[f"DenseCRF@{n}"] += timeit(lambda: crfs[n](img, logits), repeat=1, warmup=0)
+                times[f"batch@{n}"] += [t / args.batch for t in
+                                        timeit(lambda: crfs[n](imgs, blogits), repeat=1, warmup=0)]
+        if ref_run is not None:
+            row["pydensecrf2_s"] = median(times["pydensecrf2"])
+        for n in args.threads:
+            entry = {}
+            line = f"L={L:2d} threads={n}:"
+            for m in ("dense_crf", "DenseCRF", "batch"):
+                t = times[f"{m}@{n}"]
+                entry[f"{m}_s"] = median(t)
+                line += f" {m} {median(t) * 1e3:6.1f} ms"
+                if ref_run is not None:
+                    ratio = median([r / x for r, x in zip(times["pydensecrf2"], t)])
+                    entry[f"{m}_speedup"] = ratio
+                    line += f" (x{ratio:.1f})"
+                line += ","
+            row[f"threads{n}"] = entry
+            if ref_run is not None:
+                line += f" pydensecrf2 {row['pydensecrf2_s'] * 1e3:.1f} ms"
+            print(line.rstrip(","), flush=True)
+        if ref_run is not None:
+            print(f"L={L:2d}: vs pydensecrf2 max|dQ| {row['max_abs_diff']:.1e}, "
+                  f"argmax agreement {row['argmax_agreement']:.4f}")
+        else:
+            print(f"L={L:2d}: pydensecrf2 is not installed (pip install pydensecrf2) - no reference")
         results.append(row)
     primaps.set_num_threads(before)
     write_record("crf", {"results": results})

@@ -726,18 +726,26 @@ static void kernel_message(const kernel *k, const float *q, float *va,
     lattice_slice(&k->lat, k->slice_w, res, m, P);
 }
 
+/* The largest value of pixel i over all lane groups of x. */
+static float groups_max(const float *x, int64_t i, int64_t N, int64_t nb,
+                        int G)
+{
+    float mx = -INFINITY;
+    for (int g = 0; g < G; g++) {
+        const lane_group lg = group_of(g, G, nb);
+        const float m = row_max(x + N * 4 * lg.b0 + i * lg.P, lg.P);
+        mx = m > mx ? m : mx;
+    }
+    return mx;
+}
+
 /* Softmax of row i of m1 (all groups, e overwritten) into q, for lanes
  * spread over G > 1 groups. */
 static void softmax_groups(workspace *ws, int64_t i, int64_t N, int64_t Lp,
                            int G)
 {
     const int64_t nb = Lp / 4;
-    float mx = -INFINITY;
-    for (int g = 0; g < G; g++) {
-        const lane_group lg = group_of(g, G, nb);
-        const float m = row_max(ws->m1 + N * 4 * lg.b0 + i * lg.P, lg.P);
-        mx = m > mx ? m : mx;
-    }
+    const float mx = groups_max(ws->m1, i, N, nb, G);
     pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int g = 0; g < G; g++) {
         const lane_group lg = group_of(g, G, nb);
@@ -755,8 +763,8 @@ static void softmax_groups(workspace *ws, int64_t i, int64_t N, int64_t Lp,
 /* e = -U + m1 + m2 into m1 for n consecutive values of one group
  * (densecrf's order: -U, minus the Gaussian term, minus the bilateral
  * one). */
-static inline void energy_rows(workspace *ws, int64_t at, int64_t n, int has1,
-                        int has2)
+static inline void energy_rows(workspace *ws, int64_t at, int64_t n,
+                               int has1, int has2)
 {
     const float *u = ws->negu + at, *b = ws->m2 + at;
     float *a = ws->m1 + at;
@@ -826,12 +834,7 @@ static void load_unary(const float *logits, workspace *ws, int64_t N,
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < N; i++) {
         /* -U = x - max - log(sum exp(x - max)). */
-        float mx = -INFINITY;
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            const float m = row_max(ws->m1 + N * 4 * lg.b0 + i * lg.P, lg.P);
-            mx = m > mx ? m : mx;
-        }
+        const float mx = groups_max(ws->m1, i, N, nb, G);
         pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int g = 0; g < G; g++) {
             const lane_group lg = group_of(g, G, nb);

@@ -72,27 +72,36 @@ static int numeric_kind(PyArray_Descr *d)
  * that names the argument.  Strided, negative-stride, byte-swapped and other
  * numeric dtypes are converted (a copy), never rejected.
  */
-static PyArrayObject *as_array(PyObject *obj, const char *name, int typenum)
+/* obj as an ndarray of any dtype (a new reference), or NULL with a
+ * TypeError "<name> must be <expect>, got ..." for None, strings and what
+ * NumPy cannot convert. */
+static PyArrayObject *any_array(PyObject *obj, const char *name,
+                                const char *expect)
 {
-    PyArrayObject *src = NULL;
     if (PyArray_Check(obj)) {
         Py_INCREF(obj);
-        src = (PyArrayObject *)obj;
-    } else if (obj == Py_None || PyUnicode_Check(obj) || PyBytes_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a numeric array, got %s",
-                     name, Py_TYPE(obj)->tp_name);
-        return NULL;
-    } else {
-        src = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-        if (!src) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError,
-                         "%s must be a numeric array, got %s that NumPy "
-                         "cannot convert to one",
-                         name, Py_TYPE(obj)->tp_name);
-            return NULL;
-        }
+        return (PyArrayObject *)obj;
     }
+    if (obj == Py_None || PyUnicode_Check(obj) || PyBytes_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s, got %s", name, expect,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *src =
+        (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    if (!src) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be %s, got %s that NumPy cannot convert to one",
+                     name, expect, Py_TYPE(obj)->tp_name);
+    }
+    return src;
+}
+
+static PyArrayObject *as_array(PyObject *obj, const char *name, int typenum)
+{
+    PyArrayObject *src = any_array(obj, name, "a numeric array");
+    if (!src) return NULL;
     if (!numeric_kind(PyArray_DESCR(src))) {
         PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(src));
         PyErr_Format(PyExc_TypeError,
@@ -395,25 +404,8 @@ static PyMethodDef metrics_methods[] = {{NULL, NULL, 0, NULL}};
  * stride or non-array (e.g. a torch tensor) input is converted. */
 static PyArrayObject *as_uint8_image(PyObject *obj, const char *name)
 {
-    PyArrayObject *src = NULL;
-    if (PyArray_Check(obj)) {
-        Py_INCREF(obj);
-        src = (PyArrayObject *)obj;
-    } else if (obj == Py_None || PyUnicode_Check(obj) || PyBytes_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a uint8 array, got %s",
-                     name, Py_TYPE(obj)->tp_name);
-        return NULL;
-    } else {
-        src = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-        if (!src) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError,
-                         "%s must be a uint8 array, got %s that NumPy cannot "
-                         "convert to one",
-                         name, Py_TYPE(obj)->tp_name);
-            return NULL;
-        }
-    }
+    PyArrayObject *src = any_array(obj, name, "a uint8 array");
+    if (!src) return NULL;
     if (PyArray_TYPE(src) != NPY_UINT8) {
         PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(src));
         PyErr_Format(PyExc_TypeError,
