@@ -433,13 +433,32 @@ PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
     }
 }
 
-/* One pass of the [1/2, 1, 1/2] stencil along direction j: a -> b. */
-PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
-                         int64_t P)
+/* The same sums as splat_body for the vertices [v0, v1), gathered from a
+ * CSR list (start, point, w) of each vertex's entries in pixel order, so
+ * the vertices can be split between threads: each row starts at 0 and adds
+ * its terms in the same order as the scatter, hence the same bits. */
+PM_INLINE void gather_body(const int64_t *start, const int32_t *point,
+                           const float *w, const float *src, float *vals,
+                           int64_t v0, int64_t v1, int64_t P)
 {
-    const int64_t M = L->M;
-    const int32_t *nb = L->nbr + (size_t)j * (size_t)(M + 1) * 2;
-    for (int64_t v = 1; v <= M; v++) {
+    for (int64_t v = v0; v < v1; v++) {
+        float *o = vals + v * P;
+        for (int64_t c = 0; c < P; c++) o[c] = 0.0f;
+        for (int64_t x = start[v]; x < start[v + 1]; x++) {
+            const float *s = src + (int64_t)point[x] * P;
+            const float wx = w[x];
+            for (int64_t c = 0; c < P; c++) o[c] += wx * s[c];
+        }
+    }
+}
+
+/* One pass of the [1/2, 1, 1/2] stencil along direction j, a -> b, for the
+ * vertices [v0, v1). */
+PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
+                         int64_t v0, int64_t v1, int64_t P)
+{
+    const int32_t *nb = L->nbr + (size_t)j * (size_t)(L->M + 1) * 2;
+    for (int64_t v = v0; v < v1; v++) {
         const float *s = a + v * P;
         const float *n1 = a + (int64_t)nb[2 * v] * P;
         const float *n2 = a + (int64_t)nb[2 * v + 1] * P;
@@ -448,12 +467,12 @@ PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
     }
 }
 
-/* dst[i] = sum_r w[i, r] vals[offset[i, r]], (N, P). */
+/* dst[i] = sum_r w[i, r] vals[offset[i, r]] for the points [i0, i1). */
 PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
-                          float *dst, int64_t P)
+                          float *dst, int64_t i0, int64_t i1, int64_t P)
 {
     const int d1 = L->d + 1;
-    for (int64_t i = 0; i < L->N; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         float *o = dst + i * P;
         const int32_t *off = L->offset + i * d1;
         const float *wi = w + i * d1;
@@ -489,15 +508,31 @@ PM_CLONES static void lattice_splat(const lattice *L, const float *w,
 #undef PM_SPLAT
 }
 
+PM_CLONES static void lattice_gather(const int64_t *start,
+                                     const int32_t *point, const float *w,
+                                     const float *src, float *vals,
+                                     int64_t v0, int64_t v1, int64_t P)
+{
+#define PM_GATHER(W) gather_body(start, point, w, src, vals, v0, v1, W)
+    PM_WIDTH_SWITCH(P, PM_GATHER)
+#undef PM_GATHER
+}
+
+PM_CLONES static void lattice_blur_pass(const lattice *L, int j,
+                                        const float *a, float *b, int64_t v0,
+                                        int64_t v1, int64_t P)
+{
+#define PM_BLUR(W) blur_body(L, j, a, b, v0, v1, W)
+    PM_WIDTH_SWITCH(P, PM_BLUR)
+#undef PM_BLUR
+}
+
 /* d+1 blur passes ping-ponging between a and b; returns the buffer that
  * holds the result.  Row 0 of both must be zero. */
-PM_CLONES static float *lattice_blur(const lattice *L, float *a, float *b,
-                                     int64_t P)
+static float *lattice_blur(const lattice *L, float *a, float *b, int64_t P)
 {
     for (int j = 0; j <= L->d; j++) {
-#define PM_BLUR(W) blur_body(L, j, a, b, W)
-        PM_WIDTH_SWITCH(P, PM_BLUR)
-#undef PM_BLUR
+        lattice_blur_pass(L, j, a, b, 1, L->M + 1, P);
         float *t = a;
         a = b;
         b = t;
@@ -505,12 +540,19 @@ PM_CLONES static float *lattice_blur(const lattice *L, float *a, float *b,
     return a;
 }
 
-PM_CLONES static void lattice_slice(const lattice *L, const float *w,
-                                    const float *vals, float *dst, int64_t P)
+PM_CLONES static void lattice_slice_range(const lattice *L, const float *w,
+                                          const float *vals, float *dst,
+                                          int64_t i0, int64_t i1, int64_t P)
 {
-#define PM_SLICE(W) slice_body(L, w, vals, dst, W)
+#define PM_SLICE(W) slice_body(L, w, vals, dst, i0, i1, W)
     PM_WIDTH_SWITCH(P, PM_SLICE)
 #undef PM_SLICE
+}
+
+static void lattice_slice(const lattice *L, const float *w, const float *vals,
+                          float *dst, int64_t P)
+{
+    lattice_slice_range(L, w, vals, dst, 0, L->N, P);
 }
 
 static float lattice_alpha(int d) { return 1.0f / (1.0f + powf(2.0f, (float)-d)); }
@@ -526,7 +568,13 @@ typedef struct {
     float *feat;    /* (N, d) features                                     */
     float *ones;    /* (N) and vertex buffers for the normalisation        */
     float *va, *vb;
-    size_t sz_w, sz_slice, sz_feat, sz_ones, sz_v;
+    /* For threads splitting the vertices: each vertex's entries in pixel
+     * order (CSR), with their points and splat weights. */
+    int64_t *start; /* (M+2) */
+    int32_t *csr_point;
+    float *csr_w;
+    int has_csr;
+    size_t sz_w, sz_slice, sz_feat, sz_ones, sz_v, sz_start, sz_cp, sz_cw;
 } kernel;
 
 static void kernel_free(kernel *k)
@@ -538,7 +586,40 @@ static void kernel_free(kernel *k)
     free(k->ones);
     free(k->va);
     free(k->vb);
+    free(k->start);
+    free(k->csr_point);
+    free(k->csr_w);
     memset(k, 0, sizeof *k);
+}
+
+/* The CSR splat lists of a built kernel (a counting sort by vertex, in
+ * entry order; serial, linear). */
+static int kernel_csr(kernel *k)
+{
+    const lattice *L = &k->lat;
+    const int d1 = L->d + 1;
+    const int64_t M = L->M, np = L->N * d1;
+    if (reserve((void **)&k->start, &k->sz_start,
+                (size_t)(M + 2) * sizeof(int64_t)) ||
+        reserve((void **)&k->csr_point, &k->sz_cp,
+                (size_t)np * sizeof(int32_t)) ||
+        reserve((void **)&k->csr_w, &k->sz_cw, (size_t)np * sizeof(float)))
+        return PM_ERR_NOMEM;
+    int64_t *start = k->start;
+    memset(start, 0, (size_t)(M + 2) * sizeof(int64_t));
+    for (int64_t e = 0; e < np; e++) start[L->offset[e] + 1]++;
+    for (int64_t v = 1; v <= M + 1; v++) start[v] += start[v - 1];
+    /* start[v] is the first entry of vertex v; fill, advancing start[v]. */
+    for (int64_t e = 0; e < np; e++) {
+        const int64_t x = start[L->offset[e]]++;
+        k->csr_point[x] = (int32_t)(e / d1);
+        k->csr_w[x] = k->splat_w[e];
+    }
+    /* Each start[v] now holds the first entry of v+1: shift back. */
+    for (int64_t v = M + 1; v >= 1; v--) start[v] = start[v - 1];
+    start[0] = 0;
+    k->has_csr = 1;
+    return PM_OK;
 }
 
 /* Makes the two vertex buffers hold (M+1) rows of P floats, row 0 zero. */
@@ -563,6 +644,7 @@ static int reserve_vals(float **a, float **b, size_t *have, int64_t M,
  * weight D^{-1/2} K D^{-1/2}, with D = diag(K 1) from the same lattice. */
 static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
 {
+    k->has_csr = 0;
     int st = lattice_build(&k->lat, k->feat, N, d, nt);
     if (st != PM_OK) return st;
     const lattice *L = &k->lat;
@@ -919,6 +1001,52 @@ static void mean_field(workspace *ws, const kernel *smooth, const kernel *app,
     }
 }
 
+/* Mean-field with the threads splitting vertices and pixels instead of
+ * labels (one lane group of width Lp; both kernels need their CSR lists).
+ * More barriers per iteration (one per pass), but every thread does a
+ * share of the gathers, which the label split cannot offer for few labels:
+ * the passes are bound by the latency of gathering rows, not by their
+ * width.  The same bits as mean_field. */
+static void mean_field_spatial(workspace *ws, const kernel *smooth,
+                               const kernel *app, int64_t N, int64_t Lp,
+                               int iterations, int nt)
+{
+    const kernel *ks[2] = {smooth, app};
+    float *msg[2] = {ws->m1, ws->m2};
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t i0 = N * t / T, i1 = N * (t + 1) / T;
+        for (int it = 0; it < iterations; it++) {
+            for (int m = 0; m < 2; m++) {
+                const kernel *k = ks[m];
+                if (!k) continue;
+                const lattice *L = &k->lat;
+                const int64_t v0 = 1 + L->M * t / T, v1 = 1 + L->M * (t + 1) / T;
+                lattice_gather(k->start, k->csr_point, k->csr_w, ws->q, ws->va,
+                               v0, v1, Lp);
+                float *a = ws->va, *b = ws->vb;
+                for (int j = 0; j <= L->d; j++) {
+#pragma omp barrier
+                    lattice_blur_pass(L, j, a, b, v0, v1, Lp);
+                    float *tmp = a;
+                    a = b;
+                    b = tmp;
+                }
+#pragma omp barrier
+                lattice_slice_range(L, k->slice_w, a, msg[m], i0, i1, Lp);
+                /* The next gather overwrites va, which this slice may read. */
+#pragma omp barrier
+            }
+            for (int64_t i = i0; i < i1; i++) {
+                energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
+                softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
+            }
+#pragma omp barrier
+        }
+    }
+}
+
 /* Positional features x / theta, y / theta at the start of each stride. */
 static void position_features(float *f, int64_t H, int64_t W, float theta,
                               int stride)
@@ -938,7 +1066,10 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
                      int64_t W, const pm_crf_params *p, int nt)
 {
     const int64_t N = H * W, Lp = (L + 3) & ~(int64_t)3, nb = Lp / 4;
-    const int G = nb < nt ? (int)nb : nt;
+    /* Threads split the labels when each gets at least two 4-lane blocks,
+     * else the vertices and pixels (see mean_field_spatial). */
+    const int spatial = nt > 1 && nb < 2 * (int64_t)nt;
+    const int G = spatial ? 1 : (nb < nt ? (int)nb : nt);
     const int run = L > 1 && p->iterations > 0;
     int st = workspace_rows(ws, N, Lp);
     if (st != PM_OK) return st;
@@ -954,6 +1085,7 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
                 k->feat[i * 5 + 2 + c] =
                     (float)img[i * 3 + c] / p->appearance_theta_rgb;
         st = kernel_build(k, N, 5, p->appearance_weight, nt);
+        if (st == PM_OK && spatial) st = kernel_csr(k);
         if (st != PM_OK) return st;
         app = k;
     }
@@ -963,7 +1095,10 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
         if (smooth && smooth->lat.M > M) M = smooth->lat.M;
         st = reserve_vals(&ws->va, &ws->vb, &ws->sz_vals, M, Lp);
         if (st != PM_OK) return st;
-        mean_field(ws, smooth, app, N, M, Lp, p->iterations, G, nt);
+        if (spatial)
+            mean_field_spatial(ws, smooth, app, N, Lp, p->iterations, nt);
+        else
+            mean_field(ws, smooth, app, N, M, Lp, p->iterations, G, nt);
     }
     groups_to_planes(ws->q, out, N, L, Lp, G, nt);
     return PM_OK;
@@ -1035,6 +1170,7 @@ static int smooth_kernel(pm_crf_ctx *ctx, int64_t H, int64_t W,
         return PM_ERR_NOMEM;
     position_features(k->feat, H, W, p->smoothness_theta_xy, 2);
     int st = kernel_build(k, N, 2, p->smoothness_weight, nt);
+    if (st == PM_OK) st = kernel_csr(k); /* for the spatial split */
     if (st != PM_OK) return st;
     ctx->smooth_h = H;
     ctx->smooth_w = W;
