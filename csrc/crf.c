@@ -20,20 +20,26 @@
  * as densecrf does.  The smoothness kernel uses the lattice too (d = 2), as
  * densecrf does, so the numbers follow pydensecrf's.
  *
- * Layout and threads.  Labels are padded to blocks of 4 lanes.  Inside an
- * image the threads split the blocks into contiguous lane groups; a group's
- * values are stored row-major with its lanes contiguous (pixels (N, P) and
- * lattice vertices (M+1, P), P = the group's padded width), and one thread
- * runs splat, blur and slice of both kernels on its group with no barrier:
- * labels do not interact until the softmax, which runs over pixels.  So an
- * iteration has two barriers whatever the lattice size.  Batches with at
- * least as many images as threads run one image per thread instead.
+ * Layout and threads.  Labels are padded to blocks of 4 lanes; values live
+ * row-major with the lanes of a row contiguous, pixels (N, P) and lattice
+ * vertices (M+1, P), so every splat, blur and slice step works on whole
+ * rows.  Three ways to use the threads, all with the same arithmetic:
+ * - a batch with at least as many images as threads: one image per thread;
+ * - one image, many labels (two 4-lane blocks per thread or more): the
+ *   threads split the blocks into lane groups, each group stored on its
+ *   own, and one thread runs splat, blur and slice of both kernels on its
+ *   group with no barrier (labels do not interact until the softmax);
+ * - one image, few labels: the threads split the vertices (splat as a
+ *   gather over CSR lists, blur) and the pixels (slice, softmax), with a
+ *   barrier after each pass.
  *
  * Determinism.  The lattice is numbered by one thread in pixel order (vertex
- * ids = order of first appearance); the splat adds each pixel's
- * contributions in pixel order; every lane's arithmetic is the same
- * whichever group holds it.  So marginals are bitwise identical for every
- * thread count.
+ * ids = order of first appearance); every splat adds each vertex's
+ * contributions in pixel order, starting from 0, whether it scatters or
+ * gathers; every lane's arithmetic is the same whichever group or thread
+ * holds it, and the softmax sums lanes in one fixed order.  So marginals
+ * are bitwise identical for every thread count (and instruction set: the
+ * AVX2 and baseline clones of the loops do the same IEEE operations).
  */
 #define _DEFAULT_SOURCE /* madvise, posix_memalign */
 #include "primaps.h"
