@@ -21,25 +21,20 @@
  * densecrf does, so the numbers follow pydensecrf's.
  *
  * Layout and threads.  Labels are padded to blocks of 4 lanes; values live
- * row-major with the lanes of a row contiguous, pixels (N, P) and lattice
- * vertices (M+1, P), so every splat, blur and slice step works on whole
- * rows.  Three ways to use the threads, all with the same arithmetic:
- * - a batch with at least as many images as threads: one image per thread;
- * - one image, many labels (two 4-lane blocks per thread or more): the
- *   threads split the blocks into lane groups, each group stored on its
- *   own, and one thread runs splat, blur and slice of both kernels on its
- *   group with no barrier (labels do not interact until the softmax);
- * - one image, few labels: the threads split the vertices (splat as a
- *   gather over CSR lists, blur) and the pixels (slice, softmax), with a
- *   barrier after each pass.
+ * row-major with the lanes of a row contiguous, pixels (N, Lp) and lattice
+ * vertices (M+1, Lp), so every splat, blur and slice step works on whole
+ * rows.  A batch with at least as many images as threads runs one image
+ * per thread; otherwise the threads share each image, splitting the
+ * vertices (splat as a gather over CSR lists, blur) and the pixels (slice,
+ * softmax).
  *
  * Determinism.  The lattice is numbered by one thread in pixel order (vertex
  * ids = order of first appearance); every splat adds each vertex's
  * contributions in pixel order, starting from 0, whether it scatters or
- * gathers; every lane's arithmetic is the same whichever group or thread
- * holds it, and the softmax sums lanes in one fixed order.  So marginals
- * are bitwise identical for every thread count (and instruction set: the
- * AVX2 and baseline clones of the loops do the same IEEE operations).
+ * gathers; every value is computed by one thread in a fixed order.  So
+ * marginals are bitwise identical for every thread count (and instruction
+ * set: the AVX2 and baseline clones of the loops do the same IEEE
+ * operations).
  */
 #define _DEFAULT_SOURCE /* madvise, posix_memalign */
 #include "primaps.h"
@@ -331,7 +326,8 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
 
     double sf[LAT_MAX_D];
     const double inv_std = sqrt(2.0 / 3.0) * d1;
-    for (int i = 0; i < d; i++) sf[i] = inv_std / sqrt((double)(i + 1) * (i + 2));
+    for (int i = 0; i < d; i++)
+        sf[i] = inv_std / sqrt((double)(i + 1) * (i + 2));
 
     /* 1. Locate every point (parallel, independent). */
     int bad = 0;
@@ -401,7 +397,7 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Filtering one lane group (serial: a group belongs to one thread)         */
+/* Filtering: splat, blur, slice on rows of P lanes                        */
 /* ------------------------------------------------------------------------ */
 
 /* The bodies take the row width P (a multiple of 4) as an argument and are
@@ -561,7 +557,10 @@ static void lattice_slice(const lattice *L, const float *w, const float *vals,
     lattice_slice_range(L, w, vals, dst, 0, L->N, P);
 }
 
-static float lattice_alpha(int d) { return 1.0f / (1.0f + powf(2.0f, (float)-d)); }
+static float lattice_alpha(int d)
+{
+    return 1.0f / (1.0f + powf(2.0f, (float)-d));
+}
 
 /* ------------------------------------------------------------------------ */
 /* One Gaussian kernel of the CRF, normalised symmetrically                 */
@@ -656,7 +655,8 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
     const lattice *L = &k->lat;
     const int64_t np = N * (d + 1);
     if (reserve((void **)&k->splat_w, &k->sz_w, (size_t)np * sizeof(float)) ||
-        reserve((void **)&k->slice_w, &k->sz_slice, (size_t)np * sizeof(float)) ||
+        reserve((void **)&k->slice_w, &k->sz_slice,
+                (size_t)np * sizeof(float)) ||
         reserve((void **)&k->ones, &k->sz_ones, (size_t)N * sizeof(float)))
         return PM_ERR_NOMEM;
     st = reserve_vals(&k->va, &k->vb, &k->sz_v, L->M, 1);
@@ -741,9 +741,8 @@ static inline float row_max(const float *e, int64_t n)
     return a > b ? a : b;
 }
 
-/* e <- exp(e - shift) over a row, adding each 4-lane vector into *acc.
- * A row split into lane groups is summed vector by vector in the same
- * order as when whole, so the sum does not depend on the grouping. */
+/* e <- exp(e - shift) over a row, adding each 4-lane vector into *acc (the
+ * lanes are combined in a fixed order by hsum4). */
 static inline void exp_shift_row(float *e, int64_t n, float shift,
                                  pm_v4f *acc)
 {
@@ -776,10 +775,9 @@ static void softmax_row(float *e, float *q, int64_t n)
  * per-pixel and per-vertex values; all grow-only. */
 typedef struct {
     kernel app;
-    /* Per lane group g, (N, P_g) at offset N * 4 * block0_g of each:      */
-    float *negu;        /* -U = log_softmax(logits); pad lanes -inf       */
-    float *q, *m1, *m2; /* marginals; messages of the two kernels         */
-    float *va, *vb;     /* per group: (M+1, P_g) at (M+1) * 4 * block0_g  */
+    float *negu;        /* (N, Lp) -U = log_softmax(logits); pad lanes -inf */
+    float *q, *m1, *m2; /* (N, Lp) marginals; messages of the two kernels  */
+    float *va, *vb;     /* (M+1, Lp) lattice values                         */
     size_t sz_rows, sz_vals;
 } workspace;
 
@@ -803,20 +801,6 @@ static int workspace_rows(workspace *ws, int64_t N, int64_t Lp)
     return PM_OK;
 }
 
-/* A contiguous range of 4-lane blocks owned by one thread. */
-typedef struct {
-    int64_t b0, P; /* first block, padded width 4 * (blocks)              */
-} lane_group;
-
-static lane_group group_of(int g, int G, int64_t nb)
-{
-    lane_group r;
-    const int64_t b0 = nb * g / G, b1 = nb * (g + 1) / G;
-    r.b0 = b0;
-    r.P = 4 * (b1 - b0);
-    return r;
-}
-
 /* 1 if any of the n floats is a NaN or an inf. */
 static int any_nonfinite(const float *x, int64_t n, int nt)
 {
@@ -827,8 +811,8 @@ static int any_nonfinite(const float *x, int64_t n, int nt)
     return bad;
 }
 
-/* Message passing of one lane group through one kernel:
- * m = weight D^-1/2 K D^-1/2 q. */
+/* Message passing through one kernel, m = weight D^-1/2 K D^-1/2 q, by one
+ * thread (splat as a scatter in pixel order). */
 static void kernel_message(const kernel *k, const float *q, float *va,
                            float *vb, float *m, int64_t P)
 {
@@ -837,43 +821,8 @@ static void kernel_message(const kernel *k, const float *q, float *va,
     lattice_slice(&k->lat, k->slice_w, res, m, P);
 }
 
-/* The largest value of pixel i over all lane groups of x. */
-static float groups_max(const float *x, int64_t i, int64_t N, int64_t nb,
-                        int G)
-{
-    float mx = -INFINITY;
-    for (int g = 0; g < G; g++) {
-        const lane_group lg = group_of(g, G, nb);
-        const float m = row_max(x + N * 4 * lg.b0 + i * lg.P, lg.P);
-        mx = m > mx ? m : mx;
-    }
-    return mx;
-}
-
-/* Softmax of row i of m1 (all groups, e overwritten) into q, for lanes
- * spread over G > 1 groups. */
-static void softmax_groups(workspace *ws, int64_t i, int64_t N, int64_t Lp,
-                           int G)
-{
-    const int64_t nb = Lp / 4;
-    const float mx = groups_max(ws->m1, i, N, nb, G);
-    pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int g = 0; g < G; g++) {
-        const lane_group lg = group_of(g, G, nb);
-        exp_shift_row(ws->m1 + N * 4 * lg.b0 + i * lg.P, lg.P, mx, &acc);
-    }
-    const float sum = hsum4(acc);
-    for (int g = 0; g < G; g++) {
-        const lane_group lg = group_of(g, G, nb);
-        const int64_t at = N * 4 * lg.b0 + i * lg.P;
-        for (int64_t k = 0; k < lg.P; k += 4)
-            store4(ws->q + at + k, load4(ws->m1 + at + k) / sum);
-    }
-}
-
-/* e = -U + m1 + m2 into m1 for n consecutive values of one group
- * (densecrf's order: -U, minus the Gaussian term, minus the bilateral
- * one). */
+/* e = -U + m1 + m2 into m1 for n consecutive values (densecrf's order:
+ * -U, minus the Gaussian term, minus the bilateral one). */
 static inline void energy_rows(workspace *ws, int64_t at, int64_t n,
                                int has1, int has2)
 {
@@ -887,132 +836,87 @@ static inline void energy_rows(workspace *ws, int64_t at, int64_t n,
         for (int64_t k = 0; k < n; k++) a[k] = u[k] + b[k];
 }
 
-/* -U = log_softmax(logits) and Q = softmax(logits), in the group layout.  The
- * logits are finite (checked up front).  Pad lanes get -U = -inf, so that
- * every softmax gives them exactly 0. */
-/* Plane-major (L, N) <-> the group layout, a block of pixels at a time so
+/* Plane-major (L, N) <-> pixel rows (N, Lp), a block of pixels at a time so
  * that each plane is read or written in runs (a pixel at a time, the planes
  * are a page apart and every access is a TLB miss). */
 #define PM_TBLOCK 64
 
-static void planes_to_groups(const float *src, float *dst, int64_t N,
-                             int64_t L, int64_t Lp, int G, float pad, int nt)
+static void planes_to_rows(const float *src, float *dst, int64_t N, int64_t L,
+                           int64_t Lp, float pad, int nt)
 {
-    const int64_t nb = Lp / 4, blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
+    const int64_t blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < blocks; t++) {
         const int64_t i0 = t * PM_TBLOCK;
         const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            float *d = dst + N * 4 * lg.b0;
-            for (int64_t k = 0; k < lg.P; k++) {
-                const int64_t c = 4 * lg.b0 + k;
-                if (c < L)
-                    for (int64_t i = i0; i < i1; i++) d[i * lg.P + k] = src[c * N + i];
-                else
-                    for (int64_t i = i0; i < i1; i++) d[i * lg.P + k] = pad;
-            }
+        for (int64_t c = 0; c < Lp; c++) {
+            if (c < L)
+                for (int64_t i = i0; i < i1; i++)
+                    dst[i * Lp + c] = src[c * N + i];
+            else
+                for (int64_t i = i0; i < i1; i++) dst[i * Lp + c] = pad;
         }
     }
 }
 
-static void groups_to_planes(const float *src, float *dst, int64_t N,
-                             int64_t L, int64_t Lp, int G, int nt)
+static void rows_to_planes(const float *src, float *dst, int64_t N, int64_t L,
+                           int64_t Lp, int nt)
 {
-    const int64_t nb = Lp / 4, blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
+    const int64_t blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < blocks; t++) {
         const int64_t i0 = t * PM_TBLOCK;
         const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            const float *s = src + N * 4 * lg.b0;
-            for (int64_t k = 0; k < lg.P && 4 * lg.b0 + k < L; k++) {
-                float *d = dst + (4 * lg.b0 + k) * N;
-                for (int64_t i = i0; i < i1; i++) d[i] = s[i * lg.P + k];
-            }
-        }
+        for (int64_t c = 0; c < L; c++)
+            for (int64_t i = i0; i < i1; i++) dst[c * N + i] = src[i * Lp + c];
     }
 }
 
+/* -U = log_softmax(logits) and Q = softmax(logits) as pixel rows.  The
+ * logits are finite (checked up front).  Pad lanes get -U = -inf, so that
+ * every softmax gives them exactly 0. */
 static void load_unary(const float *logits, workspace *ws, int64_t N,
-                       int64_t L, int64_t Lp, int G, int nt)
+                       int64_t L, int64_t Lp, int nt)
 {
-    const int64_t nb = Lp / 4;
     /* The logits, pad lanes -inf, into m1 (scratch). */
-    planes_to_groups(logits, ws->m1, N, L, Lp, G, -INFINITY, nt);
+    planes_to_rows(logits, ws->m1, N, L, Lp, -INFINITY, nt);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < N; i++) {
-        /* -U = x - max - log(sum exp(x - max)). */
-        const float mx = groups_max(ws->m1, i, N, nb, G);
+        const float *x = ws->m1 + i * Lp;
+        float *u = ws->negu + i * Lp, *q = ws->q + i * Lp;
+        /* -U = x - max - log(sum exp(x - max)); exp(x - max) into q. */
+        const float mx = row_max(x, Lp);
+        memcpy(q, x, (size_t)Lp * sizeof(float));
         pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            const int64_t at = N * 4 * lg.b0 + i * lg.P;
-            /* exp into q (scratch), keeping the logits in m1. */
-            memcpy(ws->q + at, ws->m1 + at, (size_t)lg.P * sizeof(float));
-            exp_shift_row(ws->q + at, lg.P, mx, &acc);
-        }
+        exp_shift_row(q, Lp, mx, &acc);
         const float sum = hsum4(acc), lse = mx + logf(sum);
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            const int64_t at = N * 4 * lg.b0 + i * lg.P;
-            for (int64_t k = 0; k < lg.P; k++) {
-                ws->negu[at + k] = ws->m1[at + k] - lse; /* -inf stays */
-                /* Q = softmax(logits) = softmax(-U): exp(x - max) / sum. */
-                ws->q[at + k] /= sum;
-            }
+        for (int64_t c = 0; c < Lp; c++) {
+            u[c] = x[c] - lse; /* -inf stays */
+            q[c] /= sum;       /* Q = softmax(logits) = softmax(-U) */
         }
     }
 }
 
+/* Mean-field by one thread. */
 static void mean_field(workspace *ws, const kernel *smooth, const kernel *app,
-                       int64_t N, int64_t M, int64_t Lp,
-                       int iterations, int G, int nt)
+                       int64_t N, int64_t Lp, int iterations)
 {
-    const int64_t nb = Lp / 4;
-#pragma omp parallel num_threads(nt) if (nt > 1)
     for (int it = 0; it < iterations; it++) {
-#pragma omp for schedule(static)
-        for (int g = 0; g < G; g++) {
-            const lane_group lg = group_of(g, G, nb);
-            const float *q = ws->q + N * 4 * lg.b0;
-            float *va = ws->va + (M + 1) * 4 * lg.b0;
-            float *vb = ws->vb + (M + 1) * 4 * lg.b0;
-            /* Row 0 of the vertex buffers stands for "no neighbour". */
-            memset(va, 0, (size_t)lg.P * sizeof(float));
-            memset(vb, 0, (size_t)lg.P * sizeof(float));
-            if (smooth)
-                kernel_message(smooth, q, va, vb, ws->m1 + N * 4 * lg.b0,
-                               lg.P);
-            if (app)
-                kernel_message(app, q, va, vb, ws->m2 + N * 4 * lg.b0, lg.P);
-        }
-        /* Energies and the softmax over each pixel's labels. */
-#pragma omp for schedule(static)
+        if (smooth) kernel_message(smooth, ws->q, ws->va, ws->vb, ws->m1, Lp);
+        if (app) kernel_message(app, ws->q, ws->va, ws->vb, ws->m2, Lp);
         for (int64_t i = 0; i < N; i++) {
-            if (G == 1) {
-                energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
-                softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
-                continue;
-            }
-            for (int g = 0; g < G; g++) {
-                const lane_group lg = group_of(g, G, nb);
-                energy_rows(ws, N * 4 * lg.b0 + i * lg.P, lg.P, smooth != NULL,
-                            app != NULL);
-            }
-            softmax_groups(ws, i, N, Lp, G);
+            energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
+            softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
         }
     }
 }
 
-/* Mean-field with the threads splitting vertices and pixels instead of
- * labels (one lane group of width Lp; both kernels need their CSR lists).
- * More barriers per iteration (one per pass), but every thread does a
- * share of the gathers, which the label split cannot offer for few labels:
- * the passes are bound by the latency of gathering rows, not by their
- * width.  The same bits as mean_field. */
+/* Mean-field with the threads splitting the vertices (splat as a gather
+ * over the CSR lists, blur) and the pixels (slice, softmax), a barrier
+ * after each pass.  The same bits as mean_field.  (Splitting the labels
+ * instead needs fewer barriers, but every thread then gathers every row,
+ * only narrower, and the passes are bound by the latency of gathering
+ * rows rather than by their width: it measured slower.) */
 static void mean_field_spatial(workspace *ws, const kernel *smooth,
                                const kernel *app, int64_t N, int64_t Lp,
                                int iterations, int nt)
@@ -1028,7 +932,8 @@ static void mean_field_spatial(workspace *ws, const kernel *smooth,
                 const kernel *k = ks[m];
                 if (!k) continue;
                 const lattice *L = &k->lat;
-                const int64_t v0 = 1 + L->M * t / T, v1 = 1 + L->M * (t + 1) / T;
+                const int64_t v0 = 1 + L->M * t / T;
+                const int64_t v1 = 1 + L->M * (t + 1) / T;
                 lattice_gather(k->start, k->csr_point, k->csr_w, ws->q, ws->va,
                                v0, v1, Lp);
                 float *a = ws->va, *b = ws->vb;
@@ -1071,11 +976,7 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
                      const float *logits, float *out, int64_t L, int64_t H,
                      int64_t W, const pm_crf_params *p, int nt)
 {
-    const int64_t N = H * W, Lp = (L + 3) & ~(int64_t)3, nb = Lp / 4;
-    /* Threads split the labels when each gets at least two 4-lane blocks,
-     * else the vertices and pixels (see mean_field_spatial). */
-    const int spatial = nt > 1 && nb < 2 * (int64_t)nt;
-    const int G = spatial ? 1 : (nb < nt ? (int)nb : nt);
+    const int64_t N = H * W, Lp = (L + 3) & ~(int64_t)3;
     const int run = L > 1 && p->iterations > 0;
     int st = workspace_rows(ws, N, Lp);
     if (st != PM_OK) return st;
@@ -1091,22 +992,22 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
                 k->feat[i * 5 + 2 + c] =
                     (float)img[i * 3 + c] / p->appearance_theta_rgb;
         st = kernel_build(k, N, 5, p->appearance_weight, nt);
-        if (st == PM_OK && spatial) st = kernel_csr(k);
+        if (st == PM_OK && nt > 1) st = kernel_csr(k);
         if (st != PM_OK) return st;
         app = k;
     }
-    load_unary(logits, ws, N, L, Lp, G, nt);
+    load_unary(logits, ws, N, L, Lp, nt);
     if (run && (app || smooth)) {
         int64_t M = app ? app->lat.M : 0;
         if (smooth && smooth->lat.M > M) M = smooth->lat.M;
         st = reserve_vals(&ws->va, &ws->vb, &ws->sz_vals, M, Lp);
         if (st != PM_OK) return st;
-        if (spatial)
+        if (nt > 1)
             mean_field_spatial(ws, smooth, app, N, Lp, p->iterations, nt);
         else
-            mean_field(ws, smooth, app, N, M, Lp, p->iterations, G, nt);
+            mean_field(ws, smooth, app, N, Lp, p->iterations);
     }
-    groups_to_planes(ws->q, out, N, L, Lp, G, nt);
+    rows_to_planes(ws->q, out, N, L, Lp, nt);
     return PM_OK;
 }
 
@@ -1208,7 +1109,8 @@ static int crf_run(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
     if (ctx->nws < outer) {
         workspace *w = realloc(ctx->ws, (size_t)outer * sizeof(workspace));
         if (!w) return PM_ERR_NOMEM;
-        memset(w + ctx->nws, 0, (size_t)(outer - ctx->nws) * sizeof(workspace));
+        memset(w + ctx->nws, 0,
+               (size_t)(outer - ctx->nws) * sizeof(workspace));
         ctx->ws = w;
         ctx->nws = outer;
     }
