@@ -872,17 +872,19 @@ static void rows_to_planes(const float *src, float *dst, int64_t N, int64_t L,
     }
 }
 
-/* -U = log_softmax(logits) and Q = softmax(logits) as pixel rows.  The
- * logits are finite (checked up front).  Pad lanes get -U = -inf, so that
- * every softmax gives them exactly 0. */
+/* -U = log_softmax(logits) and Q = softmax(-U) as pixel rows.  The logits
+ * are finite (checked up front).  Pad lanes get -U = -inf, so that every
+ * softmax gives them exactly 0.  With min_prob > 0, -U = log max(softmax,
+ * min_prob), as pydensecrf's unary_from_softmax gives. */
 static void load_unary(const float *logits, workspace *ws, int64_t N,
-                       int64_t L, int64_t Lp, int nt)
+                       int64_t L, int64_t Lp, float min_prob, int nt)
 {
+    const float floor_u = min_prob > 0.0f ? logf(min_prob) : -INFINITY;
     /* The logits, pad lanes -inf, into m1 (scratch). */
     planes_to_rows(logits, ws->m1, N, L, Lp, -INFINITY, nt);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < N; i++) {
-        const float *x = ws->m1 + i * Lp;
+        float *x = ws->m1 + i * Lp;
         float *u = ws->negu + i * Lp, *q = ws->q + i * Lp;
         /* -U = x - max - log(sum exp(x - max)); exp(x - max) into q. */
         const float mx = row_max(x, Lp);
@@ -893,6 +895,12 @@ static void load_unary(const float *logits, workspace *ws, int64_t N,
         for (int64_t c = 0; c < Lp; c++) {
             u[c] = x[c] - lse; /* -inf stays */
             q[c] /= sum;       /* Q = softmax(logits) = softmax(-U) */
+        }
+        if (min_prob > 0.0f) {
+            for (int64_t c = 0; c < L; c++)
+                u[c] = u[c] > floor_u ? u[c] : floor_u;
+            memcpy(x, u, (size_t)Lp * sizeof(float));
+            softmax_row(x, q, Lp); /* Q = softmax(-U) of the floored U */
         }
     }
 }
@@ -996,7 +1004,7 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
         if (st != PM_OK) return st;
         app = k;
     }
-    load_unary(logits, ws, N, L, Lp, nt);
+    load_unary(logits, ws, N, L, Lp, p->min_prob, nt);
     if (run && (app || smooth)) {
         int64_t M = app ? app->lat.M : 0;
         if (smooth && smooth->lat.M > M) M = smooth->lat.M;
@@ -1049,6 +1057,7 @@ void pm_crf_params_default(pm_crf_params *p)
     p->appearance_theta_rgb = 3.0f;
     p->smoothness_weight = 3.0f;
     p->smoothness_theta_xy = 1.0f;
+    p->min_prob = 0.0f;
 }
 
 static int params_check(const pm_crf_params *p)
@@ -1057,7 +1066,8 @@ static int params_check(const pm_crf_params *p)
         !valid_weight(p->smoothness_weight) ||
         !valid_theta(p->appearance_theta_xy) ||
         !valid_theta(p->appearance_theta_rgb) ||
-        !valid_theta(p->smoothness_theta_xy))
+        !valid_theta(p->smoothness_theta_xy) || !(p->min_prob >= 0.0f) ||
+        !(p->min_prob < 1.0f))
         return PM_ERR_ARG;
     return PM_OK;
 }

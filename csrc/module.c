@@ -490,16 +490,17 @@ static PyObject *py_dense_crf(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"image", "logits", "iterations",
                              "appearance_weight", "appearance_theta_xy",
                              "appearance_theta_rgb", "smoothness_weight",
-                             "smoothness_theta_xy", "context", NULL};
+                             "smoothness_theta_xy", "min_prob", "context",
+                             NULL};
     PyObject *img_obj, *lg_obj, *it_obj = NULL, *ctx_obj = Py_None;
     pm_crf_params p;
     pm_crf_params_default(&p);
     double aw = p.appearance_weight, axy = p.appearance_theta_xy,
            argb = p.appearance_theta_rgb, sw = p.smoothness_weight,
-           sxy = p.smoothness_theta_xy;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O$dddddO:dense_crf",
+           sxy = p.smoothness_theta_xy, mp = p.min_prob;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O$ddddddO:dense_crf",
                                      kwlist, &img_obj, &lg_obj, &it_obj, &aw,
-                                     &axy, &argb, &sw, &sxy, &ctx_obj))
+                                     &axy, &argb, &sw, &sxy, &mp, &ctx_obj))
         return NULL;
     pm_crf_ctx *ctx = NULL;
     if (ctx_obj != Py_None) {
@@ -525,6 +526,15 @@ static PyObject *py_dense_crf(PyObject *self, PyObject *args, PyObject *kwargs)
     p.appearance_theta_rgb = (float)argb;
     p.smoothness_weight = (float)sw;
     p.smoothness_theta_xy = (float)sxy;
+    if (!(mp >= 0.0 && mp < 1.0)) {
+        PyObject *o = PyFloat_FromDouble(mp);
+        if (o)
+            PyErr_Format(PyExc_ValueError,
+                         "min_prob must be a number in [0, 1), got %R", o);
+        Py_XDECREF(o);
+        return NULL;
+    }
+    p.min_prob = (float)mp;
 
     img = as_uint8_image(img_obj, "image");
     if (!img) goto fail;
@@ -676,7 +686,7 @@ PyDoc_STRVAR(dense_crf_doc,
 "dense_crf($module, /, image, logits, iterations=10, *,\n"
 "          appearance_weight=4.0, appearance_theta_xy=67.0,\n"
 "          appearance_theta_rgb=3.0, smoothness_weight=3.0,\n"
-"          smoothness_theta_xy=1.0, context=None)\n--\n\n"
+"          smoothness_theta_xy=1.0, min_prob=0.0, context=None)\n--\n\n"
 "Mean-field marginals of the fully connected CRF (see primaps.dense_crf):\n"
 "image (H, W, 3) uint8 with logits (L, H, W), or (B, H, W, 3) with\n"
 "(B, L, H, W); returns float32 marginals shaped like logits.");

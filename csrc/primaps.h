@@ -130,7 +130,7 @@ void pm_axis_table_free(pm_axis_table *t);
  * theta_xy^2), p in pixels (x, y), I in RGB intensity units.  A weight of 0
  * drops its kernel.  pm_crf_params_default fills the defaults of the
  * original recipe: 10 iterations, appearance w 4, theta_xy 67, theta_rgb 3,
- * smoothness w 3, theta_xy 1. */
+ * smoothness w 3, theta_xy 1, and min_prob 0 (no floor on the softmax). */
 typedef struct {
     int iterations;             /* >= 0; 0 returns softmax(logits)          */
     float appearance_weight;    /* >= 0                                     */
@@ -138,6 +138,9 @@ typedef struct {
     float appearance_theta_rgb; /* > 0, intensity units                     */
     float smoothness_weight;    /* >= 0                                     */
     float smoothness_theta_xy;  /* > 0, pixels                              */
+    float min_prob;             /* in [0, 1): U = -log max(softmax, min_prob)
+                                   (pydensecrf's unary_from_softmax clips at
+                                   1e-5); 0 = no floor                      */
 } pm_crf_params;
 
 void pm_crf_params_default(pm_crf_params *p);
@@ -163,7 +166,7 @@ void pm_crf_ctx_free(pm_crf_ctx *ctx);
  *              (K_m through a permutohedral lattice, D_m = diag(K_m 1));
  *              may equal logits.
  * Images run in parallel when B >= the thread count, otherwise the threads
- * share each image's labels; the result is bitwise the same for any thread
+ * share each image; the result is bitwise the same for any thread
  * count.  Returns PM_ERR_NONFINITE if the logits hold NaN or inf,
  * PM_ERR_ARG for bad sizes or parameters (or a theta so small that lattice
  * coordinates leave the range of the keys, |x / theta| about 10^5). */

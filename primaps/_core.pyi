@@ -26,6 +26,7 @@ def dense_crf(
     appearance_theta_rgb: float = 3.0,
     smoothness_weight: float = 3.0,
     smoothness_theta_xy: float = 1.0,
+    min_prob: float = 0.0,
     context: Any = None,
 ) -> npt.NDArray[np.float32]: ...
 def permutohedral_filter(features: npt.ArrayLike, values: npt.ArrayLike) -> npt.NDArray[np.float32]: ...

@@ -15,7 +15,7 @@ starting from ``Q = softmax(-U)``. The pydensecrf calls with the same
 numbers are::
 
     d = pydensecrf.densecrf.DenseCRF2D(W, H, L)
-    d.setUnaryEnergy(-log_softmax(logits).reshape(L, -1))
+    d.setUnaryEnergy(-log_softmax(logits).reshape(L, -1))  # min_prob=0
     d.addPairwiseGaussian(sxy=smoothness_theta_xy, compat=smoothness_weight)
     d.addPairwiseBilateral(sxy=appearance_theta_xy, srgb=appearance_theta_rgb,
                            rgbim=image, compat=appearance_weight)
@@ -45,6 +45,7 @@ def dense_crf(
     appearance_theta_rgb: float = 3.0,
     smoothness_weight: float = 3.0,
     smoothness_theta_xy: float = 1.0,
+    min_prob: float = 0.0,
 ) -> npt.NDArray[np.float32]:
     """Mean-field marginals of the dense CRF over an image.
 
@@ -68,6 +69,10 @@ def dense_crf(
     smoothness_weight, smoothness_theta_xy : float
         Weight (>= 0) and width in pixels (> 0) of the smoothness kernel
         ``exp(-|p_i-p_j|^2 / 2 theta_xy^2)``.
+    min_prob : float in [0, 1), default 0
+        A floor on the softmax in the unary, ``U = -log max(softmax(logits),
+        min_prob)``; 0 means none. pydensecrf's ``unary_from_softmax``, which
+        the original PriMaPs code calls, floors at 1e-5.
 
     Returns
     -------
@@ -82,8 +87,14 @@ def dense_crf(
     of pydensecrf2 on a 320 x 320 image); the lattice approximates the
     Gaussians (see ``benchmarks/RESULTS.md`` for the measured error).
     Probabilities below 1e-30 are flushed to 0 inside the iterations.
+    To reproduce the original PriMaPs refinement exactly, pass
+    ``min_prob=1e-5`` and the image with its channels reversed
+    (``image[..., ::-1]``): the original hands pydensecrf a BGR array. The
+    exact Gaussian does not depend on the channel order, the lattice does,
+    slightly.
     A batch runs its images in parallel when it holds at least as many
-    images as threads; otherwise the threads share each image's labels.
+    images as threads; otherwise the threads share each image (its lattice
+    vertices and pixels).
     The result is bitwise the same for every thread count. For many calls
     on images of one size, :class:`DenseCRF` reuses its buffers and its
     smoothness lattice.
@@ -97,6 +108,7 @@ def dense_crf(
         appearance_theta_rgb=appearance_theta_rgb,
         smoothness_weight=smoothness_weight,
         smoothness_theta_xy=smoothness_theta_xy,
+        min_prob=min_prob,
     )
 
 
@@ -115,7 +127,7 @@ class DenseCRF:
     Parameters
     ----------
     iterations, appearance_weight, appearance_theta_xy,
-    appearance_theta_rgb, smoothness_weight, smoothness_theta_xy
+    appearance_theta_rgb, smoothness_weight, smoothness_theta_xy, min_prob
         As in :func:`dense_crf`.
 
     Examples
@@ -130,6 +142,7 @@ class DenseCRF:
     appearance_theta_rgb: float = 3.0
     smoothness_weight: float = 3.0
     smoothness_theta_xy: float = 1.0
+    min_prob: float = 0.0
     _context: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,6 +162,7 @@ class DenseCRF:
             "appearance_theta_rgb": self.appearance_theta_rgb,
             "smoothness_weight": self.smoothness_weight,
             "smoothness_theta_xy": self.smoothness_theta_xy,
+            "min_prob": self.min_prob,
         }
 
     def __call__(

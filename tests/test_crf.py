@@ -384,6 +384,41 @@ def test_matches_pydensecrf2(photo, rng):
         assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.999
 
 
+def test_min_prob_floors_the_unary(rng):
+    img, logits = case(21, "blocks")
+    logits = logits * 8  # confident: many probabilities below 1e-5
+    for it in (0, 10):
+        q = primaps.dense_crf(img, logits, iterations=it, min_prob=1e-5)
+        r = twin.dense_crf(img, logits, iterations=it, min_prob=1e-5)
+        if it == 0:
+            np.testing.assert_allclose(q, r, rtol=1e-5, atol=1e-7)
+            assert q.min() >= 0.9e-5 / logits.shape[0]  # softmax of the floored U
+        else:
+            assert np.abs(q - r).mean() <= 0.02
+    # a floor far below every probability changes nothing
+    np.testing.assert_allclose(
+        primaps.dense_crf(img, logits / 8, min_prob=1e-30), primaps.dense_crf(img, logits / 8), atol=1e-6
+    )
+
+
+def test_matches_original_primaps_call(photo, rng):
+    """The original's crf.py: unary_from_softmax (floor 1e-5) on a BGR image."""
+    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
+    utils = pytest.importorskip("pydensecrf.utils")
+    H, W = photo.shape[:2]
+    logits = smooth_logits(rng, 6, H, W, scale=8.0)
+    probs = np.exp(twin.log_softmax(logits)).astype(np.float32)
+    bgr = np.ascontiguousarray(photo[:, :, ::-1])
+    d = dcrf.DenseCRF2D(W, H, 6)
+    d.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=1, compat=3)
+    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=bgr, compat=4)
+    ref = np.array(d.inference(10)).reshape(6, H, W)
+    q = primaps.dense_crf(bgr, logits, min_prob=1e-5)
+    assert np.abs(q - ref).max() <= 2e-4
+    assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.999
+
+
 # ----------------------------------------------------------------- bad input
 
 
@@ -444,6 +479,8 @@ def test_nan_in_one_image_of_a_batch():
         (dict(smoothness_weight=float("nan")), ValueError, "smoothness_weight must be a finite non-negative"),
         (dict(smoothness_theta_xy="1"), TypeError, "must be real number"),
         (dict(smoothness_theta_xy=1e-7), ValueError, "a theta is too small for an image of shape"),
+        (dict(min_prob=1.0), ValueError, r"min_prob must be a number in \[0, 1\), got 1.0"),
+        (dict(min_prob=-1e-5), ValueError, "min_prob must be a number in"),
     ],
 )
 def test_bad_parameters(kwargs, exc, match):

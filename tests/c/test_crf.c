@@ -145,6 +145,14 @@ static void test_degenerate(void)
     int ones = 1;
     for (int64_t k = 0; k < N; k++) ones &= out[k] == 1.0f;
     CHECK(ones);
+    /* min_prob: with iterations = 0, Q = softmax of the floored unary */
+    for (int64_t k = 0; k < 5 * N; k++) logits[k] = k < N ? 40.0f : 0.0f;
+    p.iterations = 0;
+    p.min_prob = 1e-5f;
+    CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 5, H, W, &p), PM_OK);
+    CHECK_CLOSE(out[N], 1e-5 / (1.0 + 4e-5), 1e-5);
+    CHECK_CLOSE(out[0], 1.0 / (1.0 + 4e-5), 1e-6);
+    pm_crf_params_default(&p);
     /* in place (marginals == logits) */
     for (int64_t k = 0; k < 5 * N; k++) logits[k] = 3 * pm_test_rand();
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 5, H, W, &p), PM_OK);
@@ -199,7 +207,8 @@ static void test_bad_arguments(void)
     pm_crf_params_default(&p);
     CHECK(p.iterations == 10 && p.appearance_weight == 4.0f &&
           p.appearance_theta_xy == 67.0f && p.appearance_theta_rgb == 3.0f &&
-          p.smoothness_weight == 3.0f && p.smoothness_theta_xy == 1.0f);
+          p.smoothness_weight == 3.0f && p.smoothness_theta_xy == 1.0f &&
+          p.min_prob == 0.0f);
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 0, 4, 4, &p), PM_ERR_ARG);
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 0, 4, &p), PM_ERR_ARG);
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, -1, 2, 4, 4, &p), PM_ERR_ARG);
@@ -220,6 +229,11 @@ static void test_bad_arguments(void)
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &bad), PM_ERR_ARG);
     bad = p;
     bad.smoothness_theta_xy = 1e-7f; /* coordinates beyond the key range */
+    CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &bad), PM_ERR_ARG);
+    bad = p;
+    bad.min_prob = 1.0f;
+    CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &bad), PM_ERR_ARG);
+    bad.min_prob = NAN;
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &bad), PM_ERR_ARG);
     logits[5] = NAN;
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &p), PM_ERR_NONFINITE);

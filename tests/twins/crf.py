@@ -43,12 +43,16 @@ def log_softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def dense_crf(image, logits, iterations=10, appearance_weight=4.0, appearance_theta_xy=67.0,
-              appearance_theta_rgb=3.0, smoothness_weight=3.0, smoothness_theta_xy=1.0):
-    """Q <- softmax(-U + sum_m w_m D_m^-1/2 K_m D_m^-1/2 Q), U = -log_softmax,
-    for one image (H, W, 3) and logits (L, H, W); float64 (L, H, W)."""
+              appearance_theta_rgb=3.0, smoothness_weight=3.0, smoothness_theta_xy=1.0,
+              min_prob=0.0):
+    """Q <- softmax(-U + sum_m w_m D_m^-1/2 K_m D_m^-1/2 Q) from Q = softmax(-U),
+    U = -log max(softmax(logits), min_prob), for one image (H, W, 3) and
+    logits (L, H, W); float64 (L, H, W)."""
     L, H, W = logits.shape
     A, S = kernels(image, appearance_theta_xy, appearance_theta_rgb, smoothness_theta_xy)
     neg_u = log_softmax(np.asarray(logits, dtype=np.float64).reshape(L, -1))
+    if min_prob > 0:
+        neg_u = np.maximum(neg_u, np.log(min_prob))
     q = np.exp(log_softmax(neg_u))
     for _ in range(iterations):
         e = neg_u + smoothness_weight * (q @ S) + appearance_weight * (q @ A)
