@@ -148,6 +148,67 @@ int pm_confusion_accumulate(const void *pred, pm_label_type pred_type,
                             const void *gt, pm_label_type gt_type, int64_t n,
                             int64_t R, int64_t K, int64_t *conf,
                             int64_t *n_skipped, int64_t *bad_index);
+/* Dense CRF (crf.c)                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* Parameters of the fully connected CRF (Krähenbühl & Koltun 2011) with
+ * Potts compatibility and pydensecrf's symmetric kernel normalisation.
+ * Kernels: appearance exp(-|p_i-p_j|^2 / 2 theta_xy^2
+ * - |I_i-I_j|^2 / 2 theta_rgb^2) and smoothness exp(-|p_i-p_j|^2 / 2
+ * theta_xy^2), p in pixels (x, y), I in RGB intensity units.  A weight of 0
+ * drops its kernel.  pm_crf_params_default fills the defaults of the
+ * original recipe: 10 iterations, appearance w 4, theta_xy 67, theta_rgb 3,
+ * smoothness w 3, theta_xy 1, and min_prob 0 (no floor on the softmax). */
+typedef struct {
+    int iterations;             /* >= 0; 0 returns softmax(logits)          */
+    float appearance_weight;    /* >= 0                                     */
+    float appearance_theta_xy;  /* > 0, pixels                              */
+    float appearance_theta_rgb; /* > 0, intensity units                     */
+    float smoothness_weight;    /* >= 0                                     */
+    float smoothness_theta_xy;  /* > 0, pixels                              */
+    float min_prob;             /* in [0, 1): U = -log max(softmax, min_prob)
+                                   (pydensecrf's unary_from_softmax clips at
+                                   1e-5); 0 = no floor                      */
+} pm_crf_params;
+
+void pm_crf_params_default(pm_crf_params *p);
+
+/* A context of pm_dense_crf: per-thread workspaces (grown as needed, kept
+ * between calls) and the smoothness kernel of the last image size, which
+ * depends on the size and its two parameters only.  Reusing one context over
+ * a dataset avoids rebuilding and re-faulting them.  A call that finds its
+ * context in use by another thread runs on a temporary one (same results).
+ * pm_crf_ctx_new returns NULL when out of memory; pm_crf_ctx_free(NULL) is
+ * a no-op; free a context only when no call is using it. */
+typedef struct pm_crf_ctx pm_crf_ctx;
+pm_crf_ctx *pm_crf_ctx_new(void);
+void pm_crf_ctx_free(pm_crf_ctx *ctx);
+
+/* Mean-field marginals of the dense CRF for B images.
+ *   ctx:       a context, or NULL for a temporary one
+ *   images:    (B, H, W, 3) uint8 RGB, pixel-interleaved
+ *   logits:    (B, L, H, W) logits or log-probabilities (the unary is
+ *              U = -log_softmax(logits), the same for both)
+ *   marginals: (B, L, H, W) output, Q after p->iterations updates
+ *              Q <- softmax(-U + sum_m w_m D_m^-1/2 K_m D_m^-1/2 Q)
+ *              (K_m through a permutohedral lattice, D_m = diag(K_m 1));
+ *              may equal logits.
+ * Images run in parallel when B >= the thread count, otherwise the threads
+ * share each image; the result is bitwise the same for any thread
+ * count.  Returns PM_ERR_NONFINITE if the logits hold NaN or inf,
+ * PM_ERR_ARG for bad sizes or parameters (or a theta so small that lattice
+ * coordinates leave the range of the keys, |x / theta| about 10^5). */
+int pm_dense_crf(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
+                 float *marginals, int64_t B, int64_t L, int64_t H, int64_t W,
+                 const pm_crf_params *p);
+
+/* Gaussian filtering on a permutohedral lattice, with no normalisation:
+ *   features: (N, d) points already divided by the kernel widths, d <= 6
+ *   values:   (N, V);  out: (N, V)
+ * out ~= c sum_j exp(-|f_i - f_j|^2 / 2) values_j, the lattice operator
+ * alpha S B S^T that pm_dense_crf uses (c: the lattice's constant scale). */
+int pm_permutohedral_filter(const float *features, const float *values,
+                            float *out, int64_t N, int d, int64_t V);
 
 #ifdef __cplusplus
 }

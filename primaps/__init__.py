@@ -27,6 +27,7 @@ except ImportError:  # an unusual layout: load the libraries by path first
     from . import _core
 
 from ._runtime import build_info, get_num_threads, set_num_threads
+from .crf import DenseCRF, dense_crf
 
 l2_normalize = _core.l2_normalize
 upsample_bilinear = _core.upsample_bilinear
@@ -53,4 +54,6 @@ __all__ = [
     "EvaluationReport",
     "Evaluator",
     "evaluate",
+    "DenseCRF",
+    "dense_crf",
 ]

@@ -1,0 +1,1204 @@
+/*
+ * crf.c -- the fully connected CRF with Gaussian edge potentials
+ * (Krähenbühl & Koltun, NIPS 2011): mean-field inference whose message
+ * passing is Gaussian filtering on a permutohedral lattice (Adams, Baek &
+ * Davis, Eurographics 2010).
+ *
+ * The model, with pydensecrf's defaults (DIAG_KERNEL, NORMALIZE_SYMMETRIC,
+ * PottsCompatibility): for kernels m with features f^m and weights w_m,
+ * K_m[i, j] = exp(-|f^m_i - f^m_j|^2 / 2) (self term included),
+ * D_m = diag(K_m 1), and every iteration sets, per pixel, over labels,
+ *
+ *     Q <- softmax(-U + sum_m w_m D_m^{-1/2} K_m D_m^{-1/2} Q).
+ *
+ * (densecrf's PottsCompatibility::apply returns -w Q and inference subtracts
+ * every pairwise term from -U, so the signs above are its signs.)  The
+ * lattice replaces K_m by alpha S B S^T, with S the splat (barycentric
+ * weights of each point's d+1 enclosing vertices), B the blur (a
+ * [1/2, 1, 1/2] stencil along each of the d+1 lattice directions, in order
+ * 0..d) and alpha = 1 / (1 + 2^-d); D_m is computed with the same operator,
+ * as densecrf does.  The smoothness kernel uses the lattice too (d = 2), as
+ * densecrf does, so the numbers follow pydensecrf's.
+ *
+ * Layout and threads.  Labels are padded to blocks of 4 lanes; values live
+ * row-major with the lanes of a row contiguous, pixels (N, Lp) and lattice
+ * vertices (M+1, Lp), so every splat, blur and slice step works on whole
+ * rows.  A batch with at least as many images as threads runs one image
+ * per thread; otherwise the threads share each image, splitting the
+ * vertices (splat as a gather over CSR lists, blur) and the pixels (slice,
+ * softmax).
+ *
+ * Determinism.  The lattice is numbered by one thread in pixel order (vertex
+ * ids = order of first appearance); every splat adds each vertex's
+ * contributions in pixel order, starting from 0, whether it scatters or
+ * gathers; every value is computed by one thread in a fixed order.  So
+ * marginals are bitwise identical for every thread count (and instruction
+ * set: the AVX2 and baseline clones of the loops do the same IEEE
+ * operations).
+ */
+#define _DEFAULT_SOURCE /* madvise, posix_memalign */
+#include "primaps.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+/* Lattice keys: the first d coordinates of a vertex of the scaled lattice
+ * (the last is minus their sum), 21 bits each with a bias, three per word. */
+#define LAT_MAX_D 6
+#define LAT_FIELD_BITS 21
+#define LAT_BIAS ((int64_t)1 << 20)
+/* Elevated coordinates beyond 2^19 in magnitude could leave the 21-bit
+ * fields; such features (a theta far below a pixel) are refused. */
+#define LAT_MAX_COORD 524288.0
+
+typedef struct {
+    uint64_t k0, k1;
+    int32_t id; /* vertex id >= 1; 0 marks an empty slot */
+} lat_slot;
+
+/* A lattice and the scratch of its construction.  Buffers only grow, so a
+ * lattice rebuilt for every image of a batch allocates once per size. */
+typedef struct {
+    int d;
+    int64_t N, M;           /* points, vertices (ids 1..M; 0 = none)       */
+    int32_t *offset;        /* (N, d+1) vertex id of each enclosing vertex */
+    float *bary;            /* (N, d+1) barycentric weights                */
+    int32_t *rem0;          /* (N, d+1) construction scratch               */
+    int8_t *rank;           /* (N, d+1) construction scratch               */
+    int32_t *nbr;           /* (d+1, M+1, 2) blur neighbours, 0 = none     */
+    uint64_t *keys;         /* (M+1, 2) packed key of each vertex          */
+    lat_slot *table;        /* open addressing, linear probing             */
+    int64_t cap;            /* table slots, a power of two                 */
+    size_t sz_pts;          /* entries (N (d+1)) the point arrays hold     */
+    size_t sz_nbr, sz_table, sz_keys; /* bytes                             */
+} lattice;
+
+/* ------------------------------------------------------------------------ */
+/* Buffers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* malloc for the big buffers: from 2 MiB up, aligned to 2 MiB and marked
+ * for transparent huge pages where the kernel offers them on request.  The
+ * lattice passes gather rows from all over multi-megabyte arrays; on 4 KiB
+ * pages (under a hypervisor's nested paging above all) TLB misses and
+ * first-touch page faults cost as much as the arithmetic.  Free with free. */
+#define PM_HUGE ((size_t)2 << 20)
+
+static void *big_malloc(size_t n)
+{
+    if (n < PM_HUGE) return malloc(n ? n : 1);
+    void *p = NULL;
+    const size_t rounded = (n + PM_HUGE - 1) & ~(PM_HUGE - 1);
+    if (posix_memalign(&p, PM_HUGE, rounded) != 0) return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p, rounded, MADV_HUGEPAGE); /* a hint: failure is harmless */
+#endif
+    return p;
+}
+
+/* Makes *p hold at least `need` bytes; the old contents are dropped. */
+static int reserve(void **p, size_t *have, size_t need)
+{
+    if (need <= *have && *p) return PM_OK;
+    free(*p);
+    *p = big_malloc(need);
+    *have = *p ? need : 0;
+    return *p ? PM_OK : PM_ERR_NOMEM;
+}
+
+static void lattice_free(lattice *L)
+{
+    free(L->offset);
+    free(L->bary);
+    free(L->rem0);
+    free(L->rank);
+    free(L->nbr);
+    free(L->keys);
+    free(L->table);
+    memset(L, 0, sizeof *L);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hash table of lattice vertices                                           */
+/* ------------------------------------------------------------------------ */
+
+static inline uint64_t key_hash(uint64_t k0, uint64_t k1)
+{
+    uint64_t h = k0 * 0x9E3779B97F4A7C15ull ^ (k1 + 0x632BE59BD9B4E019ull) *
+                                                  0xC2B2AE3D27D4EB4Full;
+    h ^= h >> 31;
+    h *= 0xD6E8FEB86659FD93ull;
+    h ^= h >> 32;
+    return h;
+}
+
+static inline int32_t table_find(const lattice *L, uint64_t k0, uint64_t k1)
+{
+    const uint64_t mask = (uint64_t)L->cap - 1;
+    uint64_t h = key_hash(k0, k1) & mask;
+    for (;;) {
+        const lat_slot *s = L->table + h;
+        if (s->id == 0) return 0;
+        if (s->k0 == k0 && s->k1 == k1) return s->id;
+        h = (h + 1) & mask;
+    }
+}
+
+/* Places vertex id (whose key is not in the table) into a free slot. */
+static inline void table_place(lattice *L, uint64_t k0, uint64_t k1,
+                               int32_t id)
+{
+    const uint64_t mask = (uint64_t)L->cap - 1;
+    uint64_t h = key_hash(k0, k1) & mask;
+    while (L->table[h].id != 0) h = (h + 1) & mask;
+    L->table[h].k0 = k0;
+    L->table[h].k1 = k1;
+    L->table[h].id = id;
+}
+
+/* Sizes the table for `expect` vertices (load <= 1/4) and reinserts the
+ * vertices 1..M already known.  It starts small and grows with the vertex
+ * count, so it stays in cache for the lattices of colour images, which
+ * have far fewer vertices than pixels. */
+static int table_resize(lattice *L, int64_t expect)
+{
+    int64_t cap = 4096;
+    while (cap < 4 * expect) cap *= 2;
+    if (reserve((void **)&L->table, &L->sz_table,
+                (size_t)cap * sizeof(lat_slot)) != PM_OK)
+        return PM_ERR_NOMEM;
+    L->cap = cap;
+    memset(L->table, 0, (size_t)cap * sizeof(lat_slot));
+    for (int64_t v = 1; v <= L->M; v++)
+        table_place(L, L->keys[2 * v], L->keys[2 * v + 1], (int32_t)v);
+    return PM_OK;
+}
+
+/* The id of key (k0, k1), inserting it as vertex M+1 if new. */
+static inline int table_insert(lattice *L, uint64_t k0, uint64_t k1,
+                               int32_t *id)
+{
+    const uint64_t mask = (uint64_t)L->cap - 1;
+    uint64_t h = key_hash(k0, k1) & mask;
+    for (;;) {
+        lat_slot *s = L->table + h;
+        if (s->id == 0) break;
+        if (s->k0 == k0 && s->k1 == k1) {
+            *id = s->id;
+            return PM_OK;
+        }
+        h = (h + 1) & mask;
+    }
+    const int64_t v = ++L->M;
+    L->keys[2 * v] = k0;
+    L->keys[2 * v + 1] = k1;
+    *id = (int32_t)v;
+    if (2 * L->M > L->cap) return table_resize(L, L->M);
+    L->table[h].k0 = k0;
+    L->table[h].k1 = k1;
+    L->table[h].id = (int32_t)v;
+    return PM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Construction                                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Locates one point in the lattice (Adams et al. 2010, section 3.1).
+ * f (d) is the point, already divided by the kernel's standard deviations;
+ * sf[i] = sqrt(2/3) (d+1) / sqrt((i+1)(i+2)) scales it so that the blur
+ * approximates a unit Gaussian.  Writes the nearest remainder-0 point rem0
+ * (d+1), the rank of each coordinate's fractional part (d+1) and the
+ * barycentric weights (d+1) of the enclosing simplex.  Returns 0, or 1 if
+ * the point is not finite or too far out for the key fields.
+ */
+static int lattice_locate(const float *f, int d, const double *sf,
+                          int32_t *rem0, int8_t *rank, float *bary)
+{
+    double el[LAT_MAX_D + 1], dif[LAT_MAX_D + 1], b[LAT_MAX_D + 2];
+    const int d1 = d + 1;
+    const double inv_d1 = 1.0 / d1;
+    /* Elevation onto the plane x . 1 = 0 of R^{d+1}. */
+    double sm = 0.0;
+    for (int j = d; j > 0; j--) {
+        const double cf = (double)f[j - 1] * sf[j - 1];
+        el[j] = sm - j * cf;
+        sm += cf;
+    }
+    el[0] = sm;
+    int sum = 0;
+    for (int i = 0; i <= d; i++) {
+        if (!(fabs(el[i]) < LAT_MAX_COORD)) return 1;
+        /* The nearest multiple of d+1 (ties down).  k is floor(el / d1)
+         * or one less near a multiple; either way the nearest of k d1 and
+         * (k+1) d1 is the nearest multiple. */
+        const double t = el[i] * inv_d1;
+        int32_t k = (int32_t)t;
+        k -= t < (double)k;
+        const double dn = (double)k * d1, up = dn + d1;
+        const int32_t q = (up - el[i] < el[i] - dn) ? k + 1 : k;
+        rem0[i] = q * d1;
+        sum += q;
+        dif[i] = el[i] - rem0[i];
+        rank[i] = 0;
+    }
+    /* Rank of each coordinate's offset from rem0, largest first (ties to
+     * the lower index). */
+    for (int i = 0; i < d; i++)
+        for (int j = i + 1; j <= d; j++) {
+            const int lt = dif[i] < dif[j];
+            rank[i] = (int8_t)(rank[i] + lt);
+            rank[j] = (int8_t)(rank[j] + !lt);
+        }
+    /* Back onto the plane if the rounded point left it. */
+    for (int i = 0; i <= d; i++) {
+        int rk = rank[i] + sum;
+        if (rk < 0) {
+            rk += d1;
+            rem0[i] += d1;
+        } else if (rk > d) {
+            rk -= d1;
+            rem0[i] -= d1;
+        }
+        rank[i] = (int8_t)rk;
+    }
+    for (int i = 0; i <= d + 1; i++) b[i] = 0.0;
+    for (int i = 0; i <= d; i++) {
+        const double v = (el[i] - rem0[i]) * inv_d1;
+        b[d - rank[i]] += v;
+        b[d - rank[i] + 1] -= v;
+    }
+    b[0] += 1.0 + b[d + 1];
+    for (int i = 0; i <= d; i++) bary[i] = (float)b[i];
+    return 0;
+}
+
+/* The packed key of the vertex of remainder r of a located point. */
+static inline void vertex_key(const int32_t *rem0, const int8_t *rank, int d,
+                              int r, uint64_t *k0, uint64_t *k1)
+{
+    uint64_t w[2] = {0, 0};
+    for (int i = 0; i < d; i++) {
+        const int64_t c = rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
+        w[i / 3] |= (uint64_t)(c + LAT_BIAS) << (LAT_FIELD_BITS * (i % 3));
+    }
+    *k0 = w[0];
+    *k1 = w[1];
+}
+
+/* Builds the lattice of N points f (N, d) with nt threads (1 inside an
+ * outer parallel region).  Returns PM_ERR_ARG for points out of range. */
+static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
+{
+    const int d1 = d + 1;
+    if (d < 1 || d > LAT_MAX_D || N < 1 || N > (int64_t)(INT32_MAX / d1 - 1))
+        return PM_ERR_ARG;
+    const size_t np = (size_t)N * (size_t)d1;
+    if (np > L->sz_pts || !L->offset) {
+        free(L->offset);
+        free(L->bary);
+        free(L->rem0);
+        free(L->rank);
+        L->offset = big_malloc(np * sizeof(int32_t));
+        L->bary = big_malloc(np * sizeof(float));
+        L->rem0 = big_malloc(np * sizeof(int32_t));
+        L->rank = big_malloc(np);
+        L->sz_pts = np;
+        if (!L->offset || !L->bary || !L->rem0 || !L->rank) {
+            lattice_free(L);
+            return PM_ERR_NOMEM;
+        }
+    }
+    /* At most N (d+1) vertices; pages past the ones used are never touched. */
+    if (reserve((void **)&L->keys, &L->sz_keys,
+                (np + 1) * 2 * sizeof(uint64_t)) != PM_OK)
+        return PM_ERR_NOMEM;
+    L->d = d;
+    L->N = N;
+    L->M = 0;
+
+    double sf[LAT_MAX_D];
+    const double inv_std = sqrt(2.0 / 3.0) * d1;
+    for (int i = 0; i < d; i++)
+        sf[i] = inv_std / sqrt((double)(i + 1) * (i + 2));
+
+    /* 1. Locate every point (parallel, independent). */
+    int bad = 0;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) \
+    reduction(| : bad)
+    for (int64_t i = 0; i < N; i++)
+        bad |= lattice_locate(f + i * d, d, sf, L->rem0 + i * d1,
+                              L->rank + i * d1, L->bary + i * d1);
+    if (bad) return PM_ERR_ARG;
+
+    /* 2. Number the vertices in order of first appearance (serial).  A
+     * point in the same simplex as its predecessor (neighbouring pixels of
+     * similar colour) reuses its vertex ids. */
+    int st = table_resize(L, 0);
+    if (st != PM_OK) return st;
+    for (int64_t i = 0; i < N; i++) {
+        const int32_t *rem = L->rem0 + i * d1;
+        const int8_t *rk = L->rank + i * d1;
+        int32_t *off = L->offset + i * d1;
+        if (i > 0 && !memcmp(rem, rem - d1, (size_t)d * sizeof(int32_t)) &&
+            !memcmp(rk, rk - d1, (size_t)d)) {
+            memcpy(off, off - d1, (size_t)d1 * sizeof(int32_t));
+            continue;
+        }
+        for (int r = 0; r <= d; r++) {
+            uint64_t k0, k1;
+            vertex_key(rem, rk, d, r, &k0, &k1);
+            st = table_insert(L, k0, k1, off + r);
+            if (st != PM_OK) return st;
+        }
+    }
+    const int64_t M = L->M;
+
+    /* 3. Blur neighbours along each direction j: n1 = key + (d+1) e_j - 1,
+     * n2 = key - (d+1) e_j + 1 (e_d: the implied last coordinate), so n2 of
+     * n1(v) is v: look n1 up and fill n2 by inversion (a bijection, so no
+     * two threads write the same n2). */
+    if (reserve((void **)&L->nbr, &L->sz_nbr,
+                (size_t)d1 * (size_t)(M + 1) * 2 * sizeof(int32_t)) != PM_OK)
+        return PM_ERR_NOMEM;
+    uint64_t ones[2] = {0, 0};
+    for (int i = 0; i < d; i++)
+        ones[i / 3] += (uint64_t)1 << (LAT_FIELD_BITS * (i % 3));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < (int64_t)d1 * (M + 1); t++) {
+            L->nbr[2 * t] = 0;
+            L->nbr[2 * t + 1] = 0;
+        }
+        for (int j = 0; j <= d; j++) {
+            uint64_t add[2] = {0, 0};
+            if (j < d)
+                add[j / 3] = (uint64_t)d1 << (LAT_FIELD_BITS * (j % 3));
+            int32_t *nb = L->nbr + (size_t)j * (size_t)(M + 1) * 2;
+#pragma omp for schedule(static)
+            for (int64_t v = 1; v <= M; v++) {
+                const uint64_t k0 = L->keys[2 * v] - ones[0] + add[0];
+                const uint64_t k1 = L->keys[2 * v + 1] - ones[1] + add[1];
+                const int32_t n1 = table_find(L, k0, k1);
+                nb[2 * v] = n1;
+                if (n1) nb[2 * n1 + 1] = (int32_t)v;
+            }
+        }
+    }
+    return PM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Filtering: splat, blur, slice on rows of P lanes                        */
+/* ------------------------------------------------------------------------ */
+
+/* The bodies take the row width P (a multiple of 4) as an argument and are
+ * inlined into switches over the common widths, so that their inner loops
+ * have constant trip counts and vectorise completely. */
+#define PM_INLINE static inline __attribute__((always_inline))
+
+/* The filtering loops are compiled twice, for AVX2 and for the baseline
+ * (SSE2), and picked at load time.  Each lane's arithmetic is the same
+ * sequence of IEEE operations in both (no FMA: -ffp-contract=off), so the
+ * results are bitwise equal. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(PM_NO_CLONES)
+#define PM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PM_CLONES
+#endif
+
+/* vals[v] = sum over points i and corners r with offset[i, r] = v of
+ * w[i, r] src[i], accumulated in pixel order; (M+1, P), row 0 stays 0. */
+PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
+                          float *vals, int64_t P)
+{
+    const int d1 = L->d + 1;
+    memset(vals + P, 0, (size_t)(L->M * P) * sizeof(float));
+    for (int64_t i = 0; i < L->N; i++) {
+        const float *s = src + i * P;
+        const int32_t *off = L->offset + i * d1;
+        const float *wi = w + i * d1;
+        for (int r = 0; r < d1; r++) {
+            float *o = vals + (int64_t)off[r] * P;
+            const float wr = wi[r];
+            for (int64_t c = 0; c < P; c++) o[c] += wr * s[c];
+        }
+    }
+}
+
+/* The same sums as splat_body for the vertices [v0, v1), gathered from a
+ * CSR list (start, point, w) of each vertex's entries in pixel order, so
+ * the vertices can be split between threads: each row starts at 0 and adds
+ * its terms in the same order as the scatter, hence the same bits. */
+PM_INLINE void gather_body(const int64_t *start, const int32_t *point,
+                           const float *w, const float *src, float *vals,
+                           int64_t v0, int64_t v1, int64_t P)
+{
+    for (int64_t v = v0; v < v1; v++) {
+        float *o = vals + v * P;
+        for (int64_t c = 0; c < P; c++) o[c] = 0.0f;
+        for (int64_t x = start[v]; x < start[v + 1]; x++) {
+            const float *s = src + (int64_t)point[x] * P;
+            const float wx = w[x];
+            for (int64_t c = 0; c < P; c++) o[c] += wx * s[c];
+        }
+    }
+}
+
+/* One pass of the [1/2, 1, 1/2] stencil along direction j, a -> b, for the
+ * vertices [v0, v1). */
+PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
+                         int64_t v0, int64_t v1, int64_t P)
+{
+    const int32_t *nb = L->nbr + (size_t)j * (size_t)(L->M + 1) * 2;
+    for (int64_t v = v0; v < v1; v++) {
+        const float *s = a + v * P;
+        const float *n1 = a + (int64_t)nb[2 * v] * P;
+        const float *n2 = a + (int64_t)nb[2 * v + 1] * P;
+        float *o = b + v * P;
+        for (int64_t c = 0; c < P; c++) o[c] = s[c] + 0.5f * (n1[c] + n2[c]);
+    }
+}
+
+/* dst[i] = sum_r w[i, r] vals[offset[i, r]] for the points [i0, i1). */
+PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
+                          float *dst, int64_t i0, int64_t i1, int64_t P)
+{
+    const int d1 = L->d + 1;
+    for (int64_t i = i0; i < i1; i++) {
+        float *o = dst + i * P;
+        const int32_t *off = L->offset + i * d1;
+        const float *wi = w + i * d1;
+        const float *r0 = vals + (int64_t)off[0] * P;
+        for (int64_t c = 0; c < P; c++) o[c] = wi[0] * r0[c];
+        for (int r = 1; r < d1; r++) {
+            const float *rv = vals + (int64_t)off[r] * P;
+            const float wr = wi[r];
+            for (int64_t c = 0; c < P; c++) o[c] += wr * rv[c];
+        }
+    }
+}
+
+#define PM_WIDTH_SWITCH(P, CALL)                                              \
+    switch (P) {                                                              \
+    case 1: CALL(1); break;                                                   \
+    case 4: CALL(4); break;                                                   \
+    case 8: CALL(8); break;                                                   \
+    case 12: CALL(12); break;                                                 \
+    case 16: CALL(16); break;                                                 \
+    case 20: CALL(20); break;                                                 \
+    case 24: CALL(24); break;                                                 \
+    case 28: CALL(28); break;                                                 \
+    case 32: CALL(32); break;                                                 \
+    default: CALL(P); break;                                                  \
+    }
+
+PM_CLONES static void lattice_splat(const lattice *L, const float *w,
+                                    const float *src, float *vals, int64_t P)
+{
+#define PM_SPLAT(W) splat_body(L, w, src, vals, W)
+    PM_WIDTH_SWITCH(P, PM_SPLAT)
+#undef PM_SPLAT
+}
+
+PM_CLONES static void lattice_gather(const int64_t *start,
+                                     const int32_t *point, const float *w,
+                                     const float *src, float *vals,
+                                     int64_t v0, int64_t v1, int64_t P)
+{
+#define PM_GATHER(W) gather_body(start, point, w, src, vals, v0, v1, W)
+    PM_WIDTH_SWITCH(P, PM_GATHER)
+#undef PM_GATHER
+}
+
+PM_CLONES static void lattice_blur_pass(const lattice *L, int j,
+                                        const float *a, float *b, int64_t v0,
+                                        int64_t v1, int64_t P)
+{
+#define PM_BLUR(W) blur_body(L, j, a, b, v0, v1, W)
+    PM_WIDTH_SWITCH(P, PM_BLUR)
+#undef PM_BLUR
+}
+
+/* d+1 blur passes ping-ponging between a and b; returns the buffer that
+ * holds the result.  Row 0 of both must be zero. */
+static float *lattice_blur(const lattice *L, float *a, float *b, int64_t P)
+{
+    for (int j = 0; j <= L->d; j++) {
+        lattice_blur_pass(L, j, a, b, 1, L->M + 1, P);
+        float *t = a;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+PM_CLONES static void lattice_slice_range(const lattice *L, const float *w,
+                                          const float *vals, float *dst,
+                                          int64_t i0, int64_t i1, int64_t P)
+{
+#define PM_SLICE(W) slice_body(L, w, vals, dst, i0, i1, W)
+    PM_WIDTH_SWITCH(P, PM_SLICE)
+#undef PM_SLICE
+}
+
+static void lattice_slice(const lattice *L, const float *w, const float *vals,
+                          float *dst, int64_t P)
+{
+    lattice_slice_range(L, w, vals, dst, 0, L->N, P);
+}
+
+static float lattice_alpha(int d)
+{
+    return 1.0f / (1.0f + powf(2.0f, (float)-d));
+}
+
+/* ------------------------------------------------------------------------ */
+/* One Gaussian kernel of the CRF, normalised symmetrically                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    lattice lat;
+    float *splat_w; /* (N, d+1) norm_i * barycentric                       */
+    float *slice_w; /* (N, d+1) alpha * weight * norm_i * barycentric      */
+    float *feat;    /* (N, d) features                                     */
+    float *ones;    /* (N) and vertex buffers for the normalisation        */
+    float *va, *vb;
+    /* For threads splitting the vertices: each vertex's entries in pixel
+     * order (CSR), with their points and splat weights. */
+    int64_t *start; /* (M+2) */
+    int32_t *csr_point;
+    float *csr_w;
+    int has_csr;
+    size_t sz_w, sz_slice, sz_feat, sz_ones, sz_v, sz_start, sz_cp, sz_cw;
+} kernel;
+
+static void kernel_free(kernel *k)
+{
+    lattice_free(&k->lat);
+    free(k->splat_w);
+    free(k->slice_w);
+    free(k->feat);
+    free(k->ones);
+    free(k->va);
+    free(k->vb);
+    free(k->start);
+    free(k->csr_point);
+    free(k->csr_w);
+    memset(k, 0, sizeof *k);
+}
+
+/* The CSR splat lists of a built kernel (a counting sort by vertex, in
+ * entry order; serial, linear). */
+static int kernel_csr(kernel *k)
+{
+    const lattice *L = &k->lat;
+    const int d1 = L->d + 1;
+    const int64_t M = L->M, np = L->N * d1;
+    if (reserve((void **)&k->start, &k->sz_start,
+                (size_t)(M + 2) * sizeof(int64_t)) ||
+        reserve((void **)&k->csr_point, &k->sz_cp,
+                (size_t)np * sizeof(int32_t)) ||
+        reserve((void **)&k->csr_w, &k->sz_cw, (size_t)np * sizeof(float)))
+        return PM_ERR_NOMEM;
+    int64_t *start = k->start;
+    memset(start, 0, (size_t)(M + 2) * sizeof(int64_t));
+    for (int64_t e = 0; e < np; e++) start[L->offset[e] + 1]++;
+    for (int64_t v = 1; v <= M + 1; v++) start[v] += start[v - 1];
+    /* start[v] is the first entry of vertex v; fill, advancing start[v]. */
+    for (int64_t e = 0; e < np; e++) {
+        const int64_t x = start[L->offset[e]]++;
+        k->csr_point[x] = (int32_t)(e / d1);
+        k->csr_w[x] = k->splat_w[e];
+    }
+    /* Each start[v] now holds the first entry of v+1: shift back. */
+    for (int64_t v = M + 1; v >= 1; v--) start[v] = start[v - 1];
+    start[0] = 0;
+    k->has_csr = 1;
+    return PM_OK;
+}
+
+/* Makes the two vertex buffers hold (M+1) rows of P floats, row 0 zero. */
+static int reserve_vals(float **a, float **b, size_t *have, int64_t M,
+                        int64_t P)
+{
+    const size_t need = (size_t)(M + 1) * (size_t)P * sizeof(float);
+    if (need > *have || !*a || !*b) {
+        free(*a);
+        free(*b);
+        *a = big_malloc(need);
+        *b = big_malloc(need);
+        *have = (*a && *b) ? need : 0;
+        if (!*a || !*b) return PM_ERR_NOMEM;
+    }
+    memset(*a, 0, (size_t)P * sizeof(float));
+    memset(*b, 0, (size_t)P * sizeof(float));
+    return PM_OK;
+}
+
+/* Builds the lattice of k->feat (N, d) and the weights of
+ * weight D^{-1/2} K D^{-1/2}, with D = diag(K 1) from the same lattice. */
+static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
+{
+    k->has_csr = 0;
+    int st = lattice_build(&k->lat, k->feat, N, d, nt);
+    if (st != PM_OK) return st;
+    const lattice *L = &k->lat;
+    const int64_t np = N * (d + 1);
+    if (reserve((void **)&k->splat_w, &k->sz_w, (size_t)np * sizeof(float)) ||
+        reserve((void **)&k->slice_w, &k->sz_slice,
+                (size_t)np * sizeof(float)) ||
+        reserve((void **)&k->ones, &k->sz_ones, (size_t)N * sizeof(float)))
+        return PM_ERR_NOMEM;
+    st = reserve_vals(&k->va, &k->vb, &k->sz_v, L->M, 1);
+    if (st != PM_OK) return st;
+    const float alpha = lattice_alpha(d);
+    /* K 1: splat ones, blur, slice with alpha. */
+    for (int64_t i = 0; i < N; i++) k->ones[i] = 1.0f;
+    for (int64_t e = 0; e < np; e++) k->slice_w[e] = alpha * L->bary[e];
+    lattice_splat(L, L->bary, k->ones, k->va, 1);
+    const float *res = lattice_blur(L, k->va, k->vb, 1);
+    lattice_slice(L, k->slice_w, res, k->ones, 1);
+    /* norm = D^{-1/2} (densecrf adds 1e-20 under the root). */
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < N; i++) {
+        const float norm = (float)(1.0 / sqrt((double)k->ones[i] + 1e-20));
+        for (int r = 0; r <= d; r++) {
+            const int64_t e = i * (d + 1) + r;
+            k->splat_w[e] = norm * L->bary[e];
+            k->slice_w[e] = alpha * weight * norm * L->bary[e];
+        }
+    }
+    return PM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* exp for the softmax                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* exp(x) over a row of n floats, n a multiple of 4, for x <= 0 (the
+ * softmax calls it L N times per iteration; libm's expf does not vectorise
+ * and was the largest single cost).  Written with GCC/Clang vector
+ * extensions, four lanes at a time, in plain IEEE arithmetic: the same bits
+ * on every machine and thread count.  Range reduction x = n ln2 + r (ln2
+ * split in two parts, n rounded with the 1.5 * 2^23 trick), a degree-6
+ * polynomial for exp(r) on |r| <= ln2/2 (Cephes' expf coefficients;
+ * relative error under 1e-7), then 2^n through the exponent bits.
+ * Arguments below -69, i.e. probabilities under 1e-30, give exactly 0, so
+ * no subnormal ever enters the message passing (subnormal arithmetic is
+ * slow); -inf (pad lanes) gives 0. */
+typedef float pm_v4f __attribute__((vector_size(16)));
+typedef int32_t pm_v4i __attribute__((vector_size(16)));
+
+static inline pm_v4f exp4(pm_v4f x)
+{
+    const pm_v4f cut = {-69.0f, -69.0f, -69.0f, -69.0f};
+    const pm_v4i keep = x >= cut; /* all ones where x >= -69 */
+    const pm_v4f v = (pm_v4f)(((pm_v4i)x & keep) | ((pm_v4i)cut & ~keep));
+    const pm_v4f t = v * 1.44269504088896341f;
+    const pm_v4f nf = (t + 12582912.0f) - 12582912.0f;
+    const pm_v4f r = (v - nf * 0.693359375f) - nf * -2.12194440e-4f;
+    pm_v4f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const pm_v4i bits = (__builtin_convertvector(nf, pm_v4i) + 127) << 23;
+    const pm_v4f y = p * (pm_v4f)bits;
+    return (pm_v4f)((pm_v4i)y & keep);
+}
+
+static inline pm_v4f load4(const float *p)
+{
+    pm_v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store4(float *p, pm_v4f v) { memcpy(p, &v, sizeof v); }
+
+/* The largest of the n floats of a row (n a multiple of 4; max is exact,
+ * so the order does not matter). */
+static inline float row_max(const float *e, int64_t n)
+{
+    pm_v4f m = load4(e);
+    for (int64_t c = 4; c < n; c += 4) {
+        const pm_v4f x = load4(e + c);
+        const pm_v4i gt = x > m;
+        m = (pm_v4f)(((pm_v4i)x & gt) | ((pm_v4i)m & ~gt));
+    }
+    const float a = m[0] > m[1] ? m[0] : m[1], b = m[2] > m[3] ? m[2] : m[3];
+    return a > b ? a : b;
+}
+
+/* e <- exp(e - shift) over a row, adding each 4-lane vector into *acc (the
+ * lanes are combined in a fixed order by hsum4). */
+static inline void exp_shift_row(float *e, int64_t n, float shift,
+                                 pm_v4f *acc)
+{
+    pm_v4f s = *acc;
+    for (int64_t c = 0; c < n; c += 4) {
+        const pm_v4f x = exp4(load4(e + c) - shift);
+        store4(e + c, x);
+        s += x;
+    }
+    *acc = s;
+}
+
+static inline float hsum4(pm_v4f s) { return (s[0] + s[1]) + (s[2] + s[3]); }
+
+/* q = softmax(e) over the n lanes of a row (e is overwritten):
+ * exp(e - max e) / sum, as densecrf computes it. */
+static void softmax_row(float *e, float *q, int64_t n)
+{
+    pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
+    exp_shift_row(e, n, row_max(e, n), &acc);
+    const float sum = hsum4(acc);
+    for (int64_t c = 0; c < n; c += 4) store4(q + c, load4(e + c) / sum);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Mean-field inference                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Per-thread state: the appearance kernel of the current image and the
+ * per-pixel and per-vertex values; all grow-only. */
+typedef struct {
+    kernel app;
+    float *negu;        /* (N, Lp) -U = log_softmax(logits); pad lanes -inf */
+    float *q, *m1, *m2; /* (N, Lp) marginals; messages of the two kernels  */
+    float *va, *vb;     /* (M+1, Lp) lattice values                         */
+    size_t sz_rows, sz_vals;
+} workspace;
+
+static void workspace_free(workspace *ws)
+{
+    kernel_free(&ws->app);
+    free(ws->negu);
+    free(ws->va);
+    free(ws->vb);
+    memset(ws, 0, sizeof *ws);
+}
+
+static int workspace_rows(workspace *ws, int64_t N, int64_t Lp)
+{
+    const size_t row = (size_t)N * (size_t)Lp;
+    if (reserve((void **)&ws->negu, &ws->sz_rows, 4 * row * sizeof(float)))
+        return PM_ERR_NOMEM;
+    ws->q = ws->negu + row;
+    ws->m1 = ws->q + row;
+    ws->m2 = ws->m1 + row;
+    return PM_OK;
+}
+
+/* 1 if any of the n floats is a NaN or an inf. */
+static int any_nonfinite(const float *x, int64_t n, int nt)
+{
+    int bad = 0;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) \
+    reduction(| : bad)
+    for (int64_t i = 0; i < n; i++) bad |= !isfinite(x[i]);
+    return bad;
+}
+
+/* Message passing through one kernel, m = weight D^-1/2 K D^-1/2 q, by one
+ * thread (splat as a scatter in pixel order). */
+static void kernel_message(const kernel *k, const float *q, float *va,
+                           float *vb, float *m, int64_t P)
+{
+    lattice_splat(&k->lat, k->splat_w, q, va, P);
+    const float *res = lattice_blur(&k->lat, va, vb, P);
+    lattice_slice(&k->lat, k->slice_w, res, m, P);
+}
+
+/* e = -U + m1 + m2 into m1 for n consecutive values (densecrf's order:
+ * -U, minus the Gaussian term, minus the bilateral one). */
+static inline void energy_rows(workspace *ws, int64_t at, int64_t n,
+                               int has1, int has2)
+{
+    const float *u = ws->negu + at, *b = ws->m2 + at;
+    float *a = ws->m1 + at;
+    if (has1 && has2)
+        for (int64_t k = 0; k < n; k++) a[k] = (u[k] + a[k]) + b[k];
+    else if (has1)
+        for (int64_t k = 0; k < n; k++) a[k] = u[k] + a[k];
+    else
+        for (int64_t k = 0; k < n; k++) a[k] = u[k] + b[k];
+}
+
+/* Plane-major (L, N) <-> pixel rows (N, Lp), a block of pixels at a time so
+ * that each plane is read or written in runs (a pixel at a time, the planes
+ * are a page apart and every access is a TLB miss). */
+#define PM_TBLOCK 64
+
+static void planes_to_rows(const float *src, float *dst, int64_t N, int64_t L,
+                           int64_t Lp, float pad, int nt)
+{
+    const int64_t blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < blocks; t++) {
+        const int64_t i0 = t * PM_TBLOCK;
+        const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
+        for (int64_t c = 0; c < Lp; c++) {
+            if (c < L)
+                for (int64_t i = i0; i < i1; i++)
+                    dst[i * Lp + c] = src[c * N + i];
+            else
+                for (int64_t i = i0; i < i1; i++) dst[i * Lp + c] = pad;
+        }
+    }
+}
+
+static void rows_to_planes(const float *src, float *dst, int64_t N, int64_t L,
+                           int64_t Lp, int nt)
+{
+    const int64_t blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < blocks; t++) {
+        const int64_t i0 = t * PM_TBLOCK;
+        const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
+        for (int64_t c = 0; c < L; c++)
+            for (int64_t i = i0; i < i1; i++) dst[c * N + i] = src[i * Lp + c];
+    }
+}
+
+/* -U = log_softmax(logits) and Q = softmax(-U) as pixel rows.  The logits
+ * are finite (checked up front).  Pad lanes get -U = -inf, so that every
+ * softmax gives them exactly 0.  With min_prob > 0, -U = log max(softmax,
+ * min_prob), as pydensecrf's unary_from_softmax gives. */
+static void load_unary(const float *logits, workspace *ws, int64_t N,
+                       int64_t L, int64_t Lp, float min_prob, int nt)
+{
+    const float floor_u = min_prob > 0.0f ? logf(min_prob) : -INFINITY;
+    /* The logits, pad lanes -inf, into m1 (scratch). */
+    planes_to_rows(logits, ws->m1, N, L, Lp, -INFINITY, nt);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < N; i++) {
+        float *x = ws->m1 + i * Lp;
+        float *u = ws->negu + i * Lp, *q = ws->q + i * Lp;
+        /* -U = x - max - log(sum exp(x - max)); exp(x - max) into q. */
+        const float mx = row_max(x, Lp);
+        memcpy(q, x, (size_t)Lp * sizeof(float));
+        pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
+        exp_shift_row(q, Lp, mx, &acc);
+        const float sum = hsum4(acc), lse = mx + logf(sum);
+        for (int64_t c = 0; c < Lp; c++) {
+            u[c] = x[c] - lse; /* -inf stays */
+            q[c] /= sum;       /* Q = softmax(logits) = softmax(-U) */
+        }
+        if (min_prob > 0.0f) {
+            for (int64_t c = 0; c < L; c++)
+                u[c] = u[c] > floor_u ? u[c] : floor_u;
+            memcpy(x, u, (size_t)Lp * sizeof(float));
+            softmax_row(x, q, Lp); /* Q = softmax(-U) of the floored U */
+        }
+    }
+}
+
+/* Mean-field by one thread. */
+static void mean_field(workspace *ws, const kernel *smooth, const kernel *app,
+                       int64_t N, int64_t Lp, int iterations)
+{
+    for (int it = 0; it < iterations; it++) {
+        if (smooth) kernel_message(smooth, ws->q, ws->va, ws->vb, ws->m1, Lp);
+        if (app) kernel_message(app, ws->q, ws->va, ws->vb, ws->m2, Lp);
+        for (int64_t i = 0; i < N; i++) {
+            energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
+            softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
+        }
+    }
+}
+
+/* Mean-field with the threads splitting the vertices (splat as a gather
+ * over the CSR lists, blur) and the pixels (slice, softmax), a barrier
+ * after each pass.  The same bits as mean_field.  (Splitting the labels
+ * instead needs fewer barriers, but every thread then gathers every row,
+ * only narrower, and the passes are bound by the latency of gathering
+ * rows rather than by their width: it measured slower.) */
+static void mean_field_spatial(workspace *ws, const kernel *smooth,
+                               const kernel *app, int64_t N, int64_t Lp,
+                               int iterations, int nt)
+{
+    const kernel *ks[2] = {smooth, app};
+    float *msg[2] = {ws->m1, ws->m2};
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t i0 = N * t / T, i1 = N * (t + 1) / T;
+        for (int it = 0; it < iterations; it++) {
+            for (int m = 0; m < 2; m++) {
+                const kernel *k = ks[m];
+                if (!k) continue;
+                const lattice *L = &k->lat;
+                const int64_t v0 = 1 + L->M * t / T;
+                const int64_t v1 = 1 + L->M * (t + 1) / T;
+                lattice_gather(k->start, k->csr_point, k->csr_w, ws->q, ws->va,
+                               v0, v1, Lp);
+                float *a = ws->va, *b = ws->vb;
+                for (int j = 0; j <= L->d; j++) {
+#pragma omp barrier
+                    lattice_blur_pass(L, j, a, b, v0, v1, Lp);
+                    float *tmp = a;
+                    a = b;
+                    b = tmp;
+                }
+#pragma omp barrier
+                lattice_slice_range(L, k->slice_w, a, msg[m], i0, i1, Lp);
+                /* The next gather overwrites va, which this slice may read. */
+#pragma omp barrier
+            }
+            for (int64_t i = i0; i < i1; i++) {
+                energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
+                softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
+            }
+#pragma omp barrier
+        }
+    }
+}
+
+/* Positional features x / theta, y / theta at the start of each stride. */
+static void position_features(float *f, int64_t H, int64_t W, float theta,
+                              int stride)
+{
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++) {
+            float *p = f + (y * W + x) * stride;
+            p[0] = (float)x / theta;
+            p[1] = (float)y / theta;
+        }
+}
+
+/* One image: appearance lattice, unary, iterations, and the marginals
+ * back in (L, H, W). */
+static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
+                     const float *logits, float *out, int64_t L, int64_t H,
+                     int64_t W, const pm_crf_params *p, int nt)
+{
+    const int64_t N = H * W, Lp = (L + 3) & ~(int64_t)3;
+    const int run = L > 1 && p->iterations > 0;
+    int st = workspace_rows(ws, N, Lp);
+    if (st != PM_OK) return st;
+    const kernel *app = NULL;
+    if (run && p->appearance_weight != 0.0f) {
+        kernel *k = &ws->app;
+        if (reserve((void **)&k->feat, &k->sz_feat,
+                    (size_t)N * 5 * sizeof(float)) != PM_OK)
+            return PM_ERR_NOMEM;
+        position_features(k->feat, H, W, p->appearance_theta_xy, 5);
+        for (int64_t i = 0; i < N; i++)
+            for (int c = 0; c < 3; c++)
+                k->feat[i * 5 + 2 + c] =
+                    (float)img[i * 3 + c] / p->appearance_theta_rgb;
+        st = kernel_build(k, N, 5, p->appearance_weight, nt);
+        if (st == PM_OK && nt > 1) st = kernel_csr(k);
+        if (st != PM_OK) return st;
+        app = k;
+    }
+    load_unary(logits, ws, N, L, Lp, p->min_prob, nt);
+    if (run && (app || smooth)) {
+        int64_t M = app ? app->lat.M : 0;
+        if (smooth && smooth->lat.M > M) M = smooth->lat.M;
+        st = reserve_vals(&ws->va, &ws->vb, &ws->sz_vals, M, Lp);
+        if (st != PM_OK) return st;
+        if (nt > 1)
+            mean_field_spatial(ws, smooth, app, N, Lp, p->iterations, nt);
+        else
+            mean_field(ws, smooth, app, N, Lp, p->iterations);
+    }
+    rows_to_planes(ws->q, out, N, L, Lp, nt);
+    return PM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public entry points                                                      */
+/* ------------------------------------------------------------------------ */
+
+struct pm_crf_ctx {
+    /* The smoothness kernel depends on the image size and its own two
+     * parameters only: built once, reused while they stay the same. */
+    kernel smooth;
+    int64_t smooth_h, smooth_w;
+    float smooth_theta, smooth_weight;
+    int smooth_valid;
+    workspace *ws; /* one per thread of the image-parallel mode */
+    int nws;
+    int busy; /* a call is running: a concurrent one uses its own context */
+};
+
+pm_crf_ctx *pm_crf_ctx_new(void) { return calloc(1, sizeof(pm_crf_ctx)); }
+
+void pm_crf_ctx_free(pm_crf_ctx *ctx)
+{
+    if (!ctx) return;
+    kernel_free(&ctx->smooth);
+    for (int t = 0; t < ctx->nws; t++) workspace_free(&ctx->ws[t]);
+    free(ctx->ws);
+    free(ctx);
+}
+
+static int valid_theta(float t) { return isfinite(t) && t > 0.0f; }
+static int valid_weight(float w) { return isfinite(w) && w >= 0.0f; }
+
+void pm_crf_params_default(pm_crf_params *p)
+{
+    p->iterations = 10;
+    p->appearance_weight = 4.0f;
+    p->appearance_theta_xy = 67.0f;
+    p->appearance_theta_rgb = 3.0f;
+    p->smoothness_weight = 3.0f;
+    p->smoothness_theta_xy = 1.0f;
+    p->min_prob = 0.0f;
+}
+
+static int params_check(const pm_crf_params *p)
+{
+    if (!p || p->iterations < 0 || !valid_weight(p->appearance_weight) ||
+        !valid_weight(p->smoothness_weight) ||
+        !valid_theta(p->appearance_theta_xy) ||
+        !valid_theta(p->appearance_theta_rgb) ||
+        !valid_theta(p->smoothness_theta_xy) || !(p->min_prob >= 0.0f) ||
+        !(p->min_prob < 1.0f))
+        return PM_ERR_ARG;
+    return PM_OK;
+}
+
+/* The context's smoothness kernel for this size and these parameters. */
+static int smooth_kernel(pm_crf_ctx *ctx, int64_t H, int64_t W,
+                         const pm_crf_params *p, int nt)
+{
+    if (ctx->smooth_valid && ctx->smooth_h == H && ctx->smooth_w == W &&
+        ctx->smooth_theta == p->smoothness_theta_xy &&
+        ctx->smooth_weight == p->smoothness_weight)
+        return PM_OK;
+    ctx->smooth_valid = 0;
+    const int64_t N = H * W;
+    kernel *k = &ctx->smooth;
+    if (reserve((void **)&k->feat, &k->sz_feat, (size_t)N * 2 * sizeof(float)))
+        return PM_ERR_NOMEM;
+    position_features(k->feat, H, W, p->smoothness_theta_xy, 2);
+    int st = kernel_build(k, N, 2, p->smoothness_weight, nt);
+    if (st == PM_OK) st = kernel_csr(k); /* for the spatial split */
+    if (st != PM_OK) return st;
+    ctx->smooth_h = H;
+    ctx->smooth_w = W;
+    ctx->smooth_theta = p->smoothness_theta_xy;
+    ctx->smooth_weight = p->smoothness_weight;
+    ctx->smooth_valid = 1;
+    return PM_OK;
+}
+
+static int crf_run(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
+                   float *marginals, int64_t B, int64_t L, int64_t H,
+                   int64_t W, const pm_crf_params *p)
+{
+    const int64_t N = H * W;
+    const int nthreads = pm_get_num_threads();
+    if (any_nonfinite(logits, B * L * N, nthreads)) return PM_ERR_NONFINITE;
+    const int run = L > 1 && p->iterations > 0;
+    const kernel *smooth = NULL;
+    if (run && p->smoothness_weight != 0.0f) {
+        int st = smooth_kernel(ctx, H, W, p, nthreads);
+        if (st != PM_OK) return st;
+        smooth = &ctx->smooth;
+    }
+    /* Images in parallel (one thread each) when there are enough of them;
+     * otherwise one image at a time with the threads sharing its labels.
+     * The arithmetic is the same either way. */
+    const int outer = B >= nthreads ? nthreads : 1;
+    const int inner = outer > 1 ? 1 : nthreads;
+    if (ctx->nws < outer) {
+        workspace *w = realloc(ctx->ws, (size_t)outer * sizeof(workspace));
+        if (!w) return PM_ERR_NOMEM;
+        memset(w + ctx->nws, 0,
+               (size_t)(outer - ctx->nws) * sizeof(workspace));
+        ctx->ws = w;
+        ctx->nws = outer;
+    }
+    /* On failure, the status of the first failing image. */
+    int status = PM_OK;
+    int64_t failed = B;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(outer) if (outer > 1)
+    for (int64_t b = 0; b < B; b++) {
+        const int s = crf_image(&ctx->ws[omp_get_thread_num()], smooth,
+                                images + b * N * 3, logits + b * L * N,
+                                marginals + b * L * N, L, H, W, p, inner);
+        if (s != PM_OK) {
+#pragma omp critical(pm_crf_status)
+            if (b < failed) {
+                failed = b;
+                status = s;
+            }
+        }
+    }
+    return status;
+}
+
+int pm_dense_crf(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
+                 float *marginals, int64_t B, int64_t L, int64_t H, int64_t W,
+                 const pm_crf_params *p)
+{
+    if (B < 0 || L < 1 || H < 1 || W < 1 || params_check(p) != PM_OK)
+        return PM_ERR_ARG;
+    if (H > INT32_MAX / W || H * W > (int64_t)(INT32_MAX / 6 - 1))
+        return PM_ERR_ARG;
+    if (B == 0) return PM_OK;
+    if (!images || !logits || !marginals) return PM_ERR_ARG;
+    if (ctx && !__atomic_exchange_n(&ctx->busy, 1, __ATOMIC_ACQUIRE)) {
+        const int st = crf_run(ctx, images, logits, marginals, B, L, H, W, p);
+        __atomic_store_n(&ctx->busy, 0, __ATOMIC_RELEASE);
+        return st;
+    }
+    pm_crf_ctx *tmp = pm_crf_ctx_new();
+    if (!tmp) return PM_ERR_NOMEM;
+    const int st = crf_run(tmp, images, logits, marginals, B, L, H, W, p);
+    pm_crf_ctx_free(tmp);
+    return st;
+}
+
+int pm_permutohedral_filter(const float *features, const float *values,
+                            float *out, int64_t N, int d, int64_t V)
+{
+    if (N < 1 || d < 1 || d > LAT_MAX_D || V < 1 || !features || !values ||
+        !out)
+        return PM_ERR_ARG;
+    lattice L;
+    memset(&L, 0, sizeof L);
+    float *va = NULL, *vb = NULL, *w = NULL, *row = NULL;
+    size_t vsz = 0;
+    const int64_t P = (V + 3) & ~(int64_t)3;
+    int st = lattice_build(&L, features, N, d, pm_get_num_threads());
+    if (st == PM_OK) st = reserve_vals(&va, &vb, &vsz, L.M, P);
+    if (st == PM_OK) {
+        w = malloc((size_t)N * (size_t)(d + 1) * sizeof(float));
+        row = malloc((size_t)N * (size_t)P * sizeof(float));
+        if (!w || !row) st = PM_ERR_NOMEM;
+    }
+    if (st == PM_OK) {
+        const float alpha = lattice_alpha(d);
+        for (int64_t e = 0; e < N * (d + 1); e++) w[e] = alpha * L.bary[e];
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t c = 0; c < P; c++)
+                row[i * P + c] = c < V ? values[i * V + c] : 0.0f;
+        lattice_splat(&L, L.bary, row, va, P);
+        const float *res = lattice_blur(&L, va, vb, P);
+        lattice_slice(&L, w, res, row, P);
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t c = 0; c < V; c++) out[i * V + c] = row[i * P + c];
+    }
+    free(w);
+    free(row);
+    free(va);
+    free(vb);
+    lattice_free(&L);
+    return st;
+}
