@@ -28,6 +28,9 @@ except ImportError:  # an unusual layout: load the libraries by path first
 
 from ._runtime import build_info, get_num_threads, set_num_threads
 
+from .em import PriMaPsEM, Prototypes
+from .probe import LinearProbe
+
 l2_normalize = _core.l2_normalize
 upsample_bilinear = _core.upsample_bilinear
 upsample_bilinear_adjoint = _core.upsample_bilinear_adjoint
@@ -40,4 +43,7 @@ __all__ = [
     "l2_normalize",
     "upsample_bilinear",
     "upsample_bilinear_adjoint",
+    "PriMaPsEM",
+    "Prototypes",
+    "LinearProbe",
 ]
