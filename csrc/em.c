@@ -67,8 +67,7 @@
 /* Pixels of a row segment: its K x PM_SEG softmax tiles stay in L1. */
 #define PM_SEG 64
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(__SANITIZE_ADDRESS__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define PM_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
 #else
 #define PM_CLONES
@@ -298,13 +297,48 @@ done:
     return PM_OK;
 }
 
+/* No NaN or inf in x: an all-ones exponent field marks both. */
+static int all_finite(const float *x, int64_t n)
+{
+    uint32_t hit = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        hit |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !hit;
+}
+
+static void mirror_rows(float *p, int64_t rows, int64_t w)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = p + r * w;
+        for (int64_t x = 0; x < w / 2; x++) {
+            const float t = row[x];
+            row[x] = row[w - 1 - x];
+            row[w - 1 - x] = t;
+        }
+    }
+}
+
+/* Work done inside a matmul task, on the image's own data: before the
+ * product, mirror A_i's rows of width w (a gradient, back to the image's
+ * frame); after it, add a bias per row of C_i, mirror its rows and check
+ * that it is finite. */
+typedef struct {
+    const float *bias;   /* post: C_i[r] += bias[r], or NULL */
+    const uint8_t *flip; /* images to mirror, or NULL */
+    int64_t planes, h, w; /* A_i (pre) or C_i (post): planes x h x w */
+    int pre, post;
+} mm_hook;
+
 /* C_i = A_i . B_i for i < count, where A_i = a + i * a_step,
  * B_i = b + row(i) * b_step with row(i) = index ? index[i] : i, and
  * C_i = c + i * c_step.  One task per i. */
 static int mm_run(pm_em_ws *ws, const mm_entry *e, int64_t count,
                   const float *a, int64_t a_step, const float *b,
                   const int64_t *index, int64_t b_step, float *c,
-                  int64_t c_step)
+                  int64_t c_step, const mm_hook *hk)
 {
     if (count <= 0) return PM_OK;
     int nt = pm_get_num_threads();
@@ -312,7 +346,7 @@ static int mm_run(pm_em_ws *ws, const mm_entry *e, int64_t count,
     const size_t sp = (e->scratch + 63) & ~(size_t)63;
     int st = buf_reserve(&ws->scratch, sp * (size_t)nt);
     if (st != PM_OK) return st;
-    int status = PM_OK;
+    int status = PM_OK, nonfinite = 0;
 #pragma omp parallel num_threads(nt)
     {
         /* oneDNN sees a pool of one inside our tasks. */
@@ -350,6 +384,10 @@ static int mm_run(pm_em_ws *ws, const mm_entry *e, int64_t count,
         for (int64_t i = 0; i < count; i++) {
             if (!ok) continue;
             const int64_t row = index ? index[i] : i;
+            const int mirror = hk && hk->flip && hk->flip[i];
+            const int64_t plane = hk ? hk->h * hk->w : 0;
+            if (hk && hk->pre && mirror)
+                mirror_rows((float *)(a + i * a_step), hk->planes * hk->h, hk->w);
             dnnl_exec_arg_t args[4] = {
                 {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
                 {DNNL_ARG_SCRATCHPAD, ms}};
@@ -365,6 +403,20 @@ static int mm_run(pm_em_ws *ws, const mm_entry *e, int64_t count,
                 ok = 0;
 #pragma omp atomic write
                 status = PM_ERR_DNNL;
+                continue;
+            }
+            if (hk && hk->post) {
+                float *ci = c + i * c_step;
+                if (hk->bias)
+                    for (int64_t r = 0; r < hk->planes; r++)
+                        for (int64_t q = 0; q < plane; q++)
+                            ci[r * plane + q] += hk->bias[r];
+                if (mirror) mirror_rows(ci, hk->planes * hk->h, hk->w);
+                /* A NaN or inf among the features reaches the logits. */
+                if (!all_finite(ci, hk->planes * plane)) {
+#pragma omp atomic write
+                    nonfinite = 1;
+                }
             }
         }
         if (ms) dnnl_memory_destroy(ms);
@@ -373,6 +425,7 @@ static int mm_run(pm_em_ws *ws, const mm_entry *e, int64_t count,
         if (ma) dnnl_memory_destroy(ma);
         if (stream) dnnl_stream_destroy(stream);
     }
+    if (status == PM_OK && nonfinite) status = PM_ERR_NONFINITE;
     return status;
 }
 
@@ -449,30 +502,6 @@ static int batch_ok(const pm_batch *bt, const float *F, int64_t K)
     return 1;
 }
 
-/* No NaN or inf in x: an all-ones exponent field marks both. */
-static int all_finite(const float *x, int64_t n)
-{
-    uint32_t hit = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u);
-        hit |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return !hit;
-}
-
-static void mirror_rows(float *p, int64_t rows, int64_t w)
-{
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = p + r * w;
-        for (int64_t x = 0; x < w / 2; x++) {
-            const float t = row[x];
-            row[x] = row[w - 1 - x];
-            row[w - 1 - x] = t;
-        }
-    }
-}
-
 int pm_logits_fwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
                   const float *theta, const float *bias, int64_t K, float *Z)
 {
@@ -481,22 +510,8 @@ int pm_logits_fwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
     mm_entry *e;
     int st = mm_get(ws, 0, K, C, N, &e);
     if (st != PM_OK) return st;
-    st = mm_run(ws, e, B, theta, 0, F, bt->index, C * N, Z, K * N);
-    if (st != PM_OK) return st;
-    /* Bias, mirror and the finiteness check in one pass per image.  A NaN
-     * or inf among the features reaches the logits (0 * inf is NaN too). */
-    int bad = 0;
-#pragma omp parallel for schedule(static) num_threads(pm_get_num_threads()) \
-    reduction(| : bad)
-    for (int64_t b = 0; b < B; b++) {
-        float *zb = Z + b * K * N;
-        if (bias)
-            for (int64_t k = 0; k < K; k++)
-                for (int64_t p = 0; p < N; p++) zb[k * N + p] += bias[k];
-        if (bt->flip && bt->flip[b]) mirror_rows(zb, K * bt->h, bt->w);
-        bad |= !all_finite(zb, K * N);
-    }
-    return bad ? PM_ERR_NONFINITE : PM_OK;
+    const mm_hook hk = {bias, bt->flip, K, bt->h, bt->w, 0, 1};
+    return mm_run(ws, e, B, theta, 0, F, bt->index, C * N, Z, K * N, &hk);
 }
 
 int pm_logits_bwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
@@ -504,26 +519,25 @@ int pm_logits_bwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
 {
     if (!ws || !dZ || !dtheta || !batch_ok(bt, F, K)) return PM_ERR_ARG;
     const int64_t B = bt->B, C = bt->C, N = bt->h * bt->w;
-    if (bt->flip) {
-#pragma omp parallel for schedule(static) num_threads(pm_get_num_threads())
-        for (int64_t b = 0; b < B; b++)
-            if (bt->flip[b]) mirror_rows(dZ + b * K * N, K * bt->h, bt->w);
-    }
     int st = buf_reserve(&ws->dpart, (size_t)(B * K * C) * sizeof(float));
+    if (st == PM_OK)
+        st = buf_reserve(&ws->part, (size_t)(K * C) * sizeof(double));
     if (st != PM_OK) return st;
     float *part = ws->dpart.p;
+    double *acc = ws->part.p;
     mm_entry *e;
-    /* dtheta_b (K x C) = dZ_b (K x N) . F_b^T, F_b^T read as (N x C) "ba" */
+    /* dtheta_b (K x C) = dZ_b (K x N) . F_b^T, F_b^T read as (N x C) "ba";
+     * dZ_b is mirrored back to the image's frame first. */
     st = mm_get(ws, 1, K, N, C, &e);
     if (st != PM_OK) return st;
-    st = mm_run(ws, e, B, dZ, K * N, F, bt->index, C * N, part, K * C);
+    const mm_hook hk = {NULL, bt->flip, K, bt->h, bt->w, 1, 0};
+    st = mm_run(ws, e, B, dZ, K * N, F, bt->index, C * N, part, K * C, &hk);
     if (st != PM_OK) return st;
-#pragma omp parallel for schedule(static) num_threads(pm_get_num_threads())
-    for (int64_t i = 0; i < K * C; i++) {
-        double s = 0.0;
-        for (int64_t b = 0; b < B; b++) s += part[b * K * C + i];
-        dtheta[i] = (float)s;
-    }
+    /* the images' shares summed in image order */
+    for (int64_t i = 0; i < K * C; i++) acc[i] = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < K * C; i++) acc[i] += part[b * K * C + i];
+    for (int64_t i = 0; i < K * C; i++) dtheta[i] = (float)acc[i];
     if (dbias) {
         for (int64_t k = 0; k < K; k++) {
             double s = 0.0;
@@ -547,6 +561,7 @@ typedef struct {
     pm_axis_table ty, tx;
     int32_t *x0, *x1; /* tx.i0, tx.i1 as int32 */
     int64_t *a0, *a1; /* X with i0[X] = x: [a0[x], a0[x+1]); a1 for i1 */
+    int64_t *boff;    /* offset of pixel X of class 0 in a row of blocks */
     int64_t B, K, h, w, H, W;
     int64_t nbands; /* per image */
     int64_t nr_max; /* low-resolution rows one band reads, at most */
@@ -576,8 +591,9 @@ static void plan_free(up_plan *p)
     pm_axis_table_free(&p->tx);
     free(p->x0);
     free(p->a0);
+    free(p->boff);
     p->x0 = p->x1 = NULL;
-    p->a0 = p->a1 = NULL;
+    p->a0 = p->a1 = p->boff = NULL;
 }
 
 static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
@@ -596,7 +612,8 @@ static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
     }
     p->x0 = malloc((size_t)(2 * W) * sizeof(int32_t));
     p->a0 = malloc((size_t)(2 * (w + 1)) * sizeof(int64_t));
-    if (!p->x0 || !p->a0) {
+    p->boff = malloc((size_t)W * sizeof(int64_t));
+    if (!p->x0 || !p->a0 || !p->boff) {
         plan_free(p);
         return PM_ERR_NOMEM;
     }
@@ -613,6 +630,8 @@ static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
         p->a0[x] = X0;
         p->a1[x] = X1;
     }
+    for (int64_t X = 0; X < W; X++)
+        p->boff[X] = (X / PM_SEG) * K * PM_SEG + X % PM_SEG;
     p->B = B;
     p->K = K;
     p->h = h;
@@ -822,27 +841,31 @@ static void seg_argmax(const float *restrict zh0, const float *restrict zh1,
 /* Horizontal adjoint of a band's gradient blocks: gh (blocks of nr rows)
  * -> out (K x nr x w), out overwritten.  Column x gathers its share,
  *   out[x] = sum_{X: i0[X] = x} l0[X] g[X] + sum_{X: i1[X] = x} l1[X] g[X],
- * over the contiguous ranges of X the monotone tables give (a scatter
- * out[i0[X]] += ... would chain every update to the previous one). */
+ * over the contiguous ranges of X the monotone tables give, for all classes
+ * at once (acc: K floats); a scatter out[i0[X]] += ... would chain every
+ * update to the previous one. */
 static void band_hadjoint(const up_plan *p, const float *gh, int64_t nr,
-                          float *out)
+                          float *restrict acc, float *out)
 {
-    const int64_t W = p->W, w = p->w, K = p->K, nseg = nseg_of(W);
+    const int64_t w = p->w, K = p->K, nseg = nseg_of(p->W);
     const float *l0 = p->tx.l0, *l1 = p->tx.l1;
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t k = 0; k < K; k++) {
-            float *o = out + (k * nr + r) * w;
-            for (int64_t x = 0; x < w; x++) {
-                float acc = 0.0f;
-                for (int64_t X = p->a0[x]; X < p->a0[x + 1]; X++)
-                    acc += l0[X] * gh[((r * nseg + X / PM_SEG) * K + k) *
-                                          PM_SEG + X % PM_SEG];
-                for (int64_t X = p->a1[x]; X < p->a1[x + 1]; X++)
-                    acc += l1[X] * gh[((r * nseg + X / PM_SEG) * K + k) *
-                                          PM_SEG + X % PM_SEG];
-                o[x] = acc;
+    for (int64_t r = 0; r < nr; r++) {
+        const float *row = gh + r * nseg * K * PM_SEG;
+        for (int64_t x = 0; x < w; x++) {
+            for (int64_t k = 0; k < K; k++) acc[k] = 0.0f;
+            for (int64_t X = p->a0[x]; X < p->a0[x + 1]; X++) {
+                const float *src = row + p->boff[X];
+                const float c = l0[X];
+                for (int64_t k = 0; k < K; k++) acc[k] += c * src[k * PM_SEG];
             }
+            for (int64_t X = p->a1[x]; X < p->a1[x + 1]; X++) {
+                const float *src = row + p->boff[X];
+                const float c = l1[X];
+                for (int64_t k = 0; k < K; k++) acc[k] += c * src[k * PM_SEG];
+            }
+            for (int64_t k = 0; k < K; k++) out[(k * nr + r) * w + x] = acc[k];
         }
+    }
 }
 
 /* The geometry of output row Y inside a band starting at ylo. */
@@ -1052,7 +1075,7 @@ static int label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
             double lsum = 0.0;
             for (int64_t X = 0; X < W; X++) lsum += tl.lacc[X];
             part[it] = lsum;
-            if (dZ) band_hadjoint(&p, tl.gh, nr, bands + it * bstride);
+            if (dZ) band_hadjoint(&p, tl.gh, nr, tl.t, bands + it * bstride);
         }
     }
     if (badlabel) {
@@ -1359,15 +1382,18 @@ int pm_teacher_pseudo(pm_em_ws *ws, const pm_batch *bt, const float *theta,
     int nt = pm_get_num_threads();
     if (nt > B) nt = (int)B;
     /* Histograms sized for the largest mask id of the batch. */
-    int32_t top = 0;
+    int32_t top = 0, low = 0;
+#pragma omp parallel for schedule(static) num_threads(nt) \
+    reduction(max : top) reduction(min : low)
     for (int64_t b = 0; b < B; b++) {
         const int64_t row = bt->index ? bt->index[b] : b;
         const int32_t *m = bt->masks + row * H * W;
         for (int64_t i = 0; i < H * W; i++) {
-            if (m[i] < 0 || m[i] > PM_MAX_MASK_ID) return PM_ERR_ARG;
-            if (m[i] > top) top = m[i];
+            top = m[i] > top ? m[i] : top;
+            low = m[i] < low ? m[i] : low;
         }
     }
+    if (low < 0 || top > PM_MAX_MASK_ID) return PM_ERR_ARG;
     const int64_t hsize = ((int64_t)top + 1) * K;
     st = buf_reserve(&ws->thread, (size_t)(nt * hsize) * sizeof(int32_t));
     if (st != PM_OK) return st;
