@@ -19,7 +19,7 @@
  * are therefore computed at feature resolution (K x h x w, one GEMM per
  * image) and only those K channels are upsampled; softmax, the class
  * confidences, the loss and every argmax are taken at label resolution on
- * exactly the numbers the original computes.  The gradient flows back
+ * the numbers the original computes, up to the order of float rounding.  The gradient flows back
  * through the transpose of the interpolation to the low-resolution logits,
  * and from there through the GEMM.  Work at label resolution drops by C/K
  * (384/27 = 14x for DINO ViT-S/8 on Cityscapes), and no (B, K, H, W) tensor
@@ -28,10 +28,15 @@
  * Softmax: hand-written, not oneDNN's softmax primitive.  The softmax over
  * K classes is one step of a chain per tile row (interpolate, max, exp, sum,
  * then either accumulate the probabilities or form the loss and gradient and
- * push it through the adjoint) whose intermediates stay in L1/L2.  A oneDNN
- * softmax would need the interpolated tile written out in a (pixels, K)
- * layout and read back, plus a primitive call per tile; fused, every value
- * is touched once per pass.  The exp and log are vectorisable polynomials
+ * push it through the adjoint) whose intermediates stay in L1/L2.  oneDNN
+ * 3.2's softmax, measured on this project's machine (one thread, K = 27):
+ * over the classes of a (K, pixels) tile -- our layout, vectorised over
+ * pixels -- it falls back to the reference implementation, ~200 ns per
+ * value; on a (pixels, K) tile it is JIT-compiled but still ~2.2 ns per
+ * value, a K of 27 filling its vectors badly, plus ~4 us per call, and the
+ * interpolated tile would have to be written out and read back.  The fused
+ * row kernels below take ~1 ns per value for interpolation, softmax and
+ * accumulation together.  The exp and log are vectorisable polynomials
  * (relative error about 1e-7), and the row loops are compiled for AVX-512,
  * AVX with FMA and baseline x86-64 (target_clones) with the clone picked at
  * load time; every clone computes the same per-element operations in the
@@ -695,6 +700,17 @@ static float *seg_block(float *base, int64_t r, int64_t sg, int64_t nseg,
     return base + (r * nseg + sg) * K * PM_SEG;
 }
 
+/* plan_init and plan_threads; on failure nothing is left to free. */
+static int plan_begin(pm_em_ws *ws, up_plan *p, int64_t B, int64_t K,
+                      int64_t h, int64_t w, int64_t H, int64_t W, int *nt)
+{
+    int st = plan_init(p, B, K, h, w, H, W);
+    if (st != PM_OK) return st;
+    st = plan_threads(ws, p, nt);
+    if (st != PM_OK) plan_free(p);
+    return st;
+}
+
 /* Horizontal interpolation of low-resolution rows ylo..ylo+nr-1 of every
  * class of one image, in torch's order (the row first), into blocks. */
 PM_CLONES
@@ -886,13 +902,11 @@ int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
 {
     if (!ws || !Z || !chi) return PM_ERR_ARG;
     up_plan p;
-    int st = plan_init(&p, B, K, h, w, H, W);
+    int nt;
+    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
     if (st != PM_OK) return st;
     const int64_t items = B * p.nbands;
-    int nt;
-    st = plan_threads(ws, &p, &nt);
-    if (st == PM_OK)
-        st = buf_reserve(&ws->part, (size_t)(items * K) * sizeof(double));
+    st = buf_reserve(&ws->part, (size_t)(items * K) * sizeof(double));
     if (st != PM_OK) {
         plan_free(&p);
         return st;
@@ -1017,14 +1031,12 @@ static int label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
         for (int64_t b = 0; b < B; b++)
             if (index[b] < 0 || index[b] >= n) return PM_ERR_ARG;
     up_plan p;
-    int st = plan_init(&p, B, K, h, w, H, W);
+    int nt;
+    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
     if (st != PM_OK) return st;
     const int64_t items = B * p.nbands;
     const int64_t bstride = pad16(K * p.nr_max * w);
-    int nt;
-    st = plan_threads(ws, &p, &nt);
-    if (st == PM_OK)
-        st = buf_reserve(&ws->part, (size_t)items * sizeof(double));
+    st = buf_reserve(&ws->part, (size_t)items * sizeof(double));
     if (st == PM_OK && dZ)
         st = buf_reserve(&ws->dz, (size_t)(items * bstride) * sizeof(float));
     if (st != PM_OK) {
@@ -1115,15 +1127,10 @@ int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
 {
     if (!ws || !Z || !out) return PM_ERR_ARG;
     up_plan p;
-    int st = plan_init(&p, B, K, h, w, H, W);
+    int nt;
+    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
     if (st != PM_OK) return st;
     const int64_t items = B * p.nbands;
-    int nt;
-    st = plan_threads(ws, &p, &nt);
-    if (st != PM_OK) {
-        plan_free(&p);
-        return st;
-    }
     const int64_t nseg = nseg_of(W);
 #pragma omp parallel num_threads(nt)
     {

@@ -444,6 +444,22 @@ static PyObject *py_em_workspace_bytes(PyObject *self, PyObject *arg)
         Py_END_ALLOW_THREADS                                                \
     } while (0)
 
+/* py_<op>_fwd and py_<op>_bwd: op(args, kwargs, grad) without and with the
+ * gradient. */
+#define EM_FWD_BWD(op)                                                      \
+    static PyObject *py_##op##_fwd(PyObject *self, PyObject *args,          \
+                                   PyObject *kwargs)                        \
+    {                                                                       \
+        (void)self;                                                         \
+        return op(args, kwargs, 0);                                         \
+    }                                                                       \
+    static PyObject *py_##op##_bwd(PyObject *self, PyObject *args,          \
+                                   PyObject *kwargs)                        \
+    {                                                                       \
+        (void)self;                                                         \
+        return op(args, kwargs, 1);                                         \
+    }
+
 /* An integer map (labels or mask ids) as a dense array of typenum
  * (NPY_UINT8 or NPY_INT32) whose values lie in [lo, hi] or equal `also`
  * (-1: none).  A map already of typenum is checked only on the rows listed
@@ -883,19 +899,7 @@ fail:
     return NULL;
 }
 
-static PyObject *py_label_ce_fwd(PyObject *self, PyObject *args,
-                                 PyObject *kwargs)
-{
-    (void)self;
-    return label_ce(args, kwargs, 0);
-}
-
-static PyObject *py_label_ce_bwd(PyObject *self, PyObject *args,
-                                 PyObject *kwargs)
-{
-    (void)self;
-    return label_ce(args, kwargs, 1);
-}
+EM_FWD_BWD(label_ce)
 
 static PyObject *py_label_argmax(PyObject *self, PyObject *args,
                                  PyObject *kwargs)
@@ -985,19 +989,7 @@ fail:
     return NULL;
 }
 
-static PyObject *py_kmeans_fwd(PyObject *self, PyObject *args,
-                               PyObject *kwargs)
-{
-    (void)self;
-    return kmeans(args, kwargs, 0);
-}
-
-static PyObject *py_kmeans_bwd(PyObject *self, PyObject *args,
-                               PyObject *kwargs)
-{
-    (void)self;
-    return kmeans(args, kwargs, 1);
-}
+EM_FWD_BWD(kmeans)
 
 static PyObject *focal(PyObject *args, PyObject *kwargs, int grad)
 {
@@ -1065,17 +1057,7 @@ fail:
     return NULL;
 }
 
-static PyObject *py_focal_fwd(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    (void)self;
-    return focal(args, kwargs, 0);
-}
-
-static PyObject *py_focal_bwd(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    (void)self;
-    return focal(args, kwargs, 1);
-}
+EM_FWD_BWD(focal)
 
 static PyObject *py_teacher_pseudo(PyObject *self, PyObject *args,
                                    PyObject *kwargs)
@@ -1252,17 +1234,7 @@ fail:
     return NULL;
 }
 
-static PyObject *py_probe_fwd(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    (void)self;
-    return probe(args, kwargs, 0);
-}
-
-static PyObject *py_probe_bwd(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    (void)self;
-    return probe(args, kwargs, 1);
-}
+EM_FWD_BWD(probe)
 
 static PyObject *py_em_predict(PyObject *self, PyObject *args,
                                PyObject *kwargs)

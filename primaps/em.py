@@ -467,6 +467,12 @@ class PriMaPsEM:
             return self.student_
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
 
+    def _theta_and_features(self, features: Any, which: str) -> tuple:
+        theta = self._which(which).theta()
+        x = as_features(features)
+        self._check_channels(x.shape[1])
+        return theta, x
+
     def prototypes(self, which: str = "teacher") -> np.ndarray:
         """The effective prototypes ``theta = g v / ||v||``, float32 (K, C)."""
         return self._which(which).theta()
@@ -485,10 +491,8 @@ class PriMaPsEM:
         -------
         ndarray of int32, (B, H, W) or (H, W)
         """
-        p = self._which(which)
-        x = as_features(features)
-        self._check_channels(x.shape[1])
-        out = _core.em_predict(self._ws, x, p.theta(), size)
+        theta, x = self._theta_and_features(features, which)
+        out = _core.em_predict(self._ws, x, theta, size)
         return out[0] if np.ndim(features) == 3 else out
 
     def pseudo_labels(self, features: Any, masks: Any, which: str = "teacher") -> np.ndarray:
@@ -499,12 +503,10 @@ class PriMaPsEM:
         -------
         ndarray of uint8, (B, H, W) or (H, W)
         """
-        p = self._which(which)
-        x = as_features(features)
-        self._check_channels(x.shape[1])
+        theta, x = self._theta_and_features(features, which)
         m = np.asarray(masks)
         single = m.ndim == 2
-        out = _core.teacher_pseudo(self._ws, x, m[None] if single else m, p.theta())
+        out = _core.teacher_pseudo(self._ws, x, m[None] if single else m, theta)
         return out[0] if single else out
 
     # -------------------------------------------------------- checkpoints
