@@ -567,6 +567,13 @@ typedef struct {
     int32_t *x0, *x1; /* tx.i0, tx.i1 as int32 */
     int64_t *a0, *a1; /* X with i0[X] = x: [a0[x], a0[x+1]); a1 for i1 */
     int64_t *boff;    /* offset of pixel X of class 0 in a row of blocks */
+    /* Horizontal interpolation by 16-wide permutes (when every 16 outputs
+     * read at most 32 consecutive inputs, i.e. when upsampling): chunk c
+     * reads inputs vbase[c] + [0, 32), output j takes inputs vidx[32c + j]
+     * and vidx[32c + 16 + j] with weights vl[32c + j], vl[32c + 16 + j]. */
+    int vec_ok;
+    int32_t *vbase, *vidx;
+    float *vl;
     int64_t B, K, h, w, H, W;
     int64_t nbands; /* per image */
     int64_t nr_max; /* low-resolution rows one band reads, at most */
@@ -597,8 +604,42 @@ static void plan_free(up_plan *p)
     free(p->x0);
     free(p->a0);
     free(p->boff);
+    free(p->vbase);
+    free(p->vidx);
+    free(p->vl);
     p->x0 = p->x1 = NULL;
     p->a0 = p->a1 = p->boff = NULL;
+    p->vbase = p->vidx = NULL;
+    p->vl = NULL;
+}
+
+static int plan_permutes(up_plan *p, int64_t w, int64_t W)
+{
+    const int64_t nch = (W + 15) / 16;
+    p->vec_ok = 1;
+    for (int64_t c = 0; c < nch && p->vec_ok; c++) {
+        const int64_t last = (c + 1) * 16 < W ? (c + 1) * 16 - 1 : W - 1;
+        p->vec_ok = p->tx.i1[last] - p->tx.i0[c * 16] < 32;
+    }
+    if (!p->vec_ok) return PM_OK;
+    p->vbase = malloc((size_t)nch * sizeof(int32_t));
+    p->vidx = malloc((size_t)(32 * nch) * sizeof(int32_t));
+    p->vl = malloc((size_t)(32 * nch) * sizeof(float));
+    if (!p->vbase || !p->vidx || !p->vl) return PM_ERR_NOMEM;
+    for (int64_t c = 0; c < nch; c++) {
+        const int64_t base = p->tx.i0[c * 16];
+        p->vbase[c] = (int32_t)base;
+        for (int64_t j = 0; j < 16; j++) {
+            const int64_t X = c * 16 + j;
+            const int in = X < W; /* lanes past W: input 0, weight 0 */
+            p->vidx[32 * c + j] = in ? (int32_t)(p->tx.i0[X] - base) : 0;
+            p->vidx[32 * c + 16 + j] = in ? (int32_t)(p->tx.i1[X] - base) : 0;
+            p->vl[32 * c + j] = in ? p->tx.l0[X] : 0.0f;
+            p->vl[32 * c + 16 + j] = in ? p->tx.l1[X] : 0.0f;
+        }
+    }
+    (void)w;
+    return PM_OK;
 }
 
 static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
@@ -637,6 +678,11 @@ static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
     }
     for (int64_t X = 0; X < W; X++)
         p->boff[X] = (X / PM_SEG) * K * PM_SEG + X % PM_SEG;
+    st = plan_permutes(p, w, W);
+    if (st != PM_OK) {
+        plan_free(p);
+        return st;
+    }
     p->B = B;
     p->K = K;
     p->h = h;
@@ -650,15 +696,15 @@ static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
         if (nr > p->nr_max) p->nr_max = nr;
     }
     /* zh, gh: nr_max x nseg blocks of K x PM_SEG; t, e: K x PM_SEG;
-     * lacc: W; 7 rows of PM_SEG */
+     * lacc: W; 7 rows of PM_SEG; a low-resolution row with 32 spare */
     p->tile = 2 * K * p->nr_max * nseg_of(W) * PM_SEG + 2 * K * PM_SEG +
-              pad16(W) + 7 * PM_SEG;
+              pad16(W) + 7 * PM_SEG + pad16(w + 32);
     return PM_OK;
 }
 
 typedef struct {
     float *zh, *gh, *t, *e, *lacc;
-    float *m, *s, *inv, *c, *cs, *zt;
+    float *m, *s, *inv, *c, *cs, *zt, *row;
     int32_t *lt;
 } tile_t;
 
@@ -678,6 +724,7 @@ static tile_t tile_carve(const up_plan *p, float *base)
     tl.cs = tl.c + PM_SEG;
     tl.zt = tl.cs + PM_SEG;
     tl.lt = (int32_t *)(tl.zt + PM_SEG);
+    tl.row = tl.zt + 2 * PM_SEG;
     return tl;
 }
 
@@ -711,13 +758,52 @@ static int plan_begin(pm_em_ws *ws, up_plan *p, int64_t B, int64_t K,
     return st;
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#define PM_PERMUTES 1
+typedef float pm_v16f __attribute__((vector_size(64)));
+typedef int32_t pm_v16i __attribute__((vector_size(64)));
+#endif
+
 /* Horizontal interpolation of low-resolution rows ylo..ylo+nr-1 of every
- * class of one image, in torch's order (the row first), into blocks. */
+ * class of one image, in torch's order (the row first), into blocks:
+ * dst[X] = src[i0[X]] l0[X] + src[i1[X]] l1[X].  When upsampling, 16
+ * outputs at a time take their inputs from a 32-wide window by two
+ * permutes (vpermt2ps on AVX-512); the arithmetic, and so the result, is
+ * the same as the scalar gathers'.  row: a scratch of w + 32 floats. */
 PM_CLONES
 static void band_hinterp(const up_plan *p, const float *Zimg, int64_t ylo,
-                         int64_t nr, float *restrict zh)
+                         int64_t nr, float *restrict zh, float *restrict row)
 {
     const int64_t W = p->W, w = p->w, K = p->K, nseg = nseg_of(W);
+#ifdef PM_PERMUTES
+    if (p->vec_ok) {
+        const int64_t nch = (W + 15) / 16;
+        for (int64_t i = w; i < w + 32; i++) row[i] = 0.0f;
+        for (int64_t r = 0; r < nr; r++)
+            for (int64_t k = 0; k < K; k++) {
+                memcpy(row, Zimg + (k * p->h + ylo + r) * w,
+                       (size_t)w * sizeof(float));
+                float *dstk = zh + r * nseg * K * PM_SEG + k * PM_SEG;
+                for (int64_t c = 0; c < nch; c++) {
+                    pm_v16f lo, hi, w0, w1;
+                    pm_v16i i0, i1;
+                    memcpy(&lo, row + p->vbase[c], sizeof lo);
+                    memcpy(&hi, row + p->vbase[c] + 16, sizeof hi);
+                    memcpy(&i0, p->vidx + 32 * c, sizeof i0);
+                    memcpy(&i1, p->vidx + 32 * c + 16, sizeof i1);
+                    memcpy(&w0, p->vl + 32 * c, sizeof w0);
+                    memcpy(&w1, p->vl + 32 * c + 16, sizeof w1);
+                    const pm_v16f d = __builtin_shuffle(lo, hi, i0) * w0 +
+                                      __builtin_shuffle(lo, hi, i1) * w1;
+                    const int64_t X0 = c * 16;
+                    memcpy(dstk + (X0 / PM_SEG) * K * PM_SEG + X0 % PM_SEG, &d,
+                           sizeof d);
+                }
+            }
+        return;
+    }
+#endif
+    (void)row;
     const int32_t *restrict x0 = p->x0, *restrict x1 = p->x1;
     const float *restrict l0 = p->tx.l0, *restrict l1 = p->tx.l1;
     for (int64_t r = 0; r < nr; r++)
@@ -923,7 +1009,7 @@ int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
             const int64_t b = it / p.nbands, j = it % p.nbands;
             int64_t Y0, Y1, ylo, nr;
             band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh);
+            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
             for (int64_t i = 0; i < nseg * K * PM_SEG; i++) acc[i] = 0.0f;
             for (int64_t Y = Y0; Y < Y1; Y++) {
                 const vrow v = vrow_of(&p, Y, ylo);
@@ -977,7 +1063,14 @@ static void merge_bands(const up_plan *p, const float *bands, int64_t stride,
     }
 }
 
-/* The labels of one row segment: c, zt, lt as seg_ce wants them.  Returns
+static int all_ignored(const uint8_t *lab, int64_t n)
+{
+    int all = 1;
+    for (int64_t X = 0; X < n; X++) all &= lab[X] == PM_IGNORE;
+    return all;
+}
+
+/* The labels of one row segment: c, cs, zt, lt as seg_loss and seg_grad want them.  Returns
  * nonzero if a label is neither a class nor PM_IGNORE. */
 static int seg_labels(const uint8_t *lab, int mirror, int64_t W, int64_t X0,
                       int64_t n, int64_t K, const float *wt, float scale,
@@ -1059,7 +1152,7 @@ static int label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
             const int mirror = flip && flip[b];
             int64_t Y0, Y1, ylo, nr;
             band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh);
+            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
             if (dZ)
                 for (int64_t i = 0; i < nr * nseg * K * PM_SEG; i++)
                     tl.gh[i] = 0.0f;
@@ -1069,6 +1162,9 @@ static int label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
                 const uint8_t *lab = labels + (row * H + Y) * W;
                 for (int64_t sg = 0; sg < nseg; sg++) {
                     const int64_t X0 = sg * PM_SEG, ns = seg_len(W, sg);
+                    /* ignored pixels carry no loss and no gradient */
+                    if (all_ignored(lab + (mirror ? W - X0 - ns : X0), ns))
+                        continue;
                     seg_softmax(seg_block(tl.zh, v.r0, sg, nseg, K),
                                 seg_block(tl.zh, v.r1, sg, nseg, K), PM_SEG,
                                 v.a, v.b, K, ns, tl.t, tl.e, tl.m, tl.s, tl.inv);
@@ -1141,7 +1237,7 @@ int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
             const int64_t b = it / p.nbands, j = it % p.nbands;
             int64_t Y0, Y1, ylo, nr;
             band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh);
+            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
             for (int64_t Y = Y0; Y < Y1; Y++) {
                 const vrow v = vrow_of(&p, Y, ylo);
                 for (int64_t sg = 0; sg < nseg; sg++)
@@ -1332,21 +1428,16 @@ int pm_focal_bwd(pm_em_ws *ws, const pm_batch *bt, const float *v,
                  gamma, chi, loss, dv, dg);
 }
 
-/* The mode of the teacher's argmax over every mask of one image. */
-static int pseudo_image(const pm_batch *bt, int64_t b, int64_t K,
-                        const int32_t *arg, int32_t *hist, int32_t cap,
-                        uint8_t *out)
+/* The mode of the teacher's argmax over every mask of one image; mask ids
+ * lie in [0, top] (checked by the caller). */
+static void pseudo_image(const pm_batch *bt, int64_t b, int64_t K,
+                         const int32_t *arg, int32_t *hist, int32_t top,
+                         uint8_t *out)
 {
     const int64_t H = bt->H, W = bt->W;
     const int64_t row = bt->index ? bt->index[b] : b;
     const int mirror = bt->flip && bt->flip[b];
     const int32_t *mask = bt->masks + row * H * W;
-    int32_t top = 0;
-    for (int64_t i = 0; i < H * W; i++) {
-        const int32_t id = mask[i];
-        if (id < 0 || id > cap) return PM_ERR_ARG;
-        if (id > top) top = id;
-    }
     for (int64_t i = 0; i < ((int64_t)top + 1) * K; i++) hist[i] = 0;
     for (int64_t Y = 0; Y < H; Y++)
         for (int64_t X = 0; X < W; X++) {
@@ -1366,7 +1457,6 @@ static int pseudo_image(const pm_batch *bt, int64_t b, int64_t K,
             out[Y * W + X] =
                 id > 0 ? (uint8_t)hist[(int64_t)id * K] : (uint8_t)PM_IGNORE;
         }
-    return PM_OK;
 }
 
 int pm_teacher_pseudo(pm_em_ws *ws, const pm_batch *bt, const float *theta,
@@ -1404,21 +1494,14 @@ int pm_teacher_pseudo(pm_em_ws *ws, const pm_batch *bt, const float *theta,
     const int64_t hsize = ((int64_t)top + 1) * K;
     st = buf_reserve(&ws->thread, (size_t)(nt * hsize) * sizeof(int32_t));
     if (st != PM_OK) return st;
-    int status = PM_OK;
 #pragma omp parallel num_threads(nt)
     {
         int32_t *hist = (int32_t *)ws->thread.p + omp_get_thread_num() * hsize;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < B; b++) {
-            const int s = pseudo_image(bt, b, K, arg + b * H * W, hist, top,
-                                       out + b * H * W);
-            if (s != PM_OK) {
-#pragma omp atomic write
-                status = s;
-            }
-        }
+        for (int64_t b = 0; b < B; b++)
+            pseudo_image(bt, b, K, arg + b * H * W, hist, top, out + b * H * W);
     }
-    return status;
+    return PM_OK;
 }
 
 int pm_em_step(pm_em_ws *ws, const pm_batch *bt, const float *vt,

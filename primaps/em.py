@@ -144,6 +144,15 @@ class PriMaPsEM:
 
     # ------------------------------------------------------------ helpers
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ws = _core.em_workspace()
+
     def _params(self) -> dict:
         return {k: getattr(self, k) for k in (
             "n_classes", "lr", "focal_gamma", "ema_decay", "ema_every",

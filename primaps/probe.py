@@ -60,6 +60,15 @@ class LinearProbe:
         self._adam: Adam | None = None
         self.loss_history_: list[float] = []
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ws = _core.em_workspace()
+
     def __repr__(self) -> str:
         return (f"LinearProbe(n_classes={self.n_classes}, lr={self.lr}, epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, seed={self.seed})")

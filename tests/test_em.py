@@ -308,6 +308,20 @@ def test_save_load_round_trip(data, tmp_path):
     assert meta["format"] == "primaps.PriMaPsEM" and meta["version"] == 1
 
 
+def test_pickle_and_deepcopy(data):
+    import copy
+    import pickle
+
+    F, masks, _ = data
+    em = small_em(epochs=1).fit((F, masks), verbose=False)
+    for other in (pickle.loads(pickle.dumps(em)), copy.deepcopy(em)):
+        assert np.array_equal(other.teacher_.v, em.teacher_.v)
+        other.partial_fit((F[:4], masks[:4]))
+        em2 = copy.deepcopy(em)
+        em2.partial_fit((F[:4], masks[:4]))
+        assert np.array_equal(other.student_.v, em2.student_.v)
+
+
 def test_save_replaces_atomically(data, tmp_path, monkeypatch):
     F, masks, _ = data
     em = small_em(epochs=1).fit((F, masks), verbose=False)

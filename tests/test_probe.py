@@ -97,3 +97,12 @@ def test_probe_predict_with_wrong_channels(rng):
     probe = primaps.LinearProbe(5, epochs=1).fit((F, gt), verbose=False)
     with pytest.raises(ValueError, match="features have 6 channels but the probe has 12"):
         probe.predict(F[:, :6], 16)
+
+
+def test_probe_pickles(rng):
+    import pickle
+
+    F, gt = separable(rng, n=4)
+    probe = primaps.LinearProbe(5, epochs=1).fit((F, gt), verbose=False)
+    back = pickle.loads(pickle.dumps(probe))
+    assert np.array_equal(back.predict(F, 16), probe.predict(F, 16))
