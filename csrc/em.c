@@ -1070,27 +1070,29 @@ static int all_ignored(const uint8_t *lab, int64_t n)
     return all;
 }
 
-/* The labels of one row segment: c, cs, zt, lt as seg_loss and seg_grad want them.  Returns
- * nonzero if a label is neither a class nor PM_IGNORE. */
+/* The labels of one row segment: c, cs, zt, lt as seg_loss and seg_grad
+ * want them.  Returns nonzero if a label is neither a class nor PM_IGNORE. */
 static int seg_labels(const uint8_t *lab, int mirror, int64_t W, int64_t X0,
                       int64_t n, int64_t K, const float *wt, float scale,
-                      const float *t, const float *m, float *c, float *cs,
-                      float *zt, int32_t *lt)
+                      const float *restrict t, const float *restrict m,
+                      float *restrict c, float *restrict cs,
+                      float *restrict zt, int32_t *restrict lt)
 {
+    const uint8_t *l = lab + (mirror ? W - X0 - n : X0);
+    const int32_t step = mirror ? -1 : 1;
+    const int64_t first = mirror ? n - 1 : 0;
     int bad = 0;
     for (int64_t X = 0; X < n; X++) {
-        const int y = mirror ? lab[W - 1 - X0 - X] : lab[X0 + X];
-        if (y < K) {
-            c[X] = wt[y];
-            zt[X] = t[y * PM_SEG + X];
-            lt[X] = y;
-        } else {
-            bad |= y != PM_IGNORE;
-            c[X] = 0.0f;
-            zt[X] = m[X];
-            lt[X] = -1;
-        }
-        cs[X] = scale * c[X];
+        const int32_t y = l[first + step * X];
+        const int ok = y < K;
+        bad |= !ok & (y != PM_IGNORE);
+        const int32_t yy = ok ? y : 0; /* loads below stay in bounds */
+        const float wv = wt[yy], tv = t[yy * PM_SEG + X];
+        const float cv = ok ? wv : 0.0f;
+        c[X] = cv;
+        cs[X] = scale * cv;
+        zt[X] = ok ? tv : m[X];
+        lt[X] = ok ? yy : -1;
     }
     return bad;
 }

@@ -460,14 +460,56 @@ static PyObject *py_em_workspace_bytes(PyObject *self, PyObject *arg)
         return op(args, kwargs, 1);                                         \
     }
 
+/* The first value of a dense integer map (rows `index`, NULL: all) that
+ * lies outside [lo, hi] and is not `also` (-1: none); 1 if there is one. */
+static int find_bad_id(PyArrayObject *m, long lo, long hi, long also,
+                       const int64_t *index, npy_intp nidx, long *bad)
+{
+    const int type = PyArray_TYPE(m);
+    const npy_intp rows = PyArray_NDIM(m) > 0 ? PyArray_DIM(m, 0) : 1;
+    const npy_intp per = rows > 0 ? PyArray_SIZE(m) / rows : 0;
+    const npy_intp nr = index ? nidx : rows;
+    const void *data = PyArray_DATA(m);
+    int found = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp r = 0; r < nr && !found; r++) {
+        const npy_intp row = index ? (npy_intp)index[r] : r;
+        for (npy_intp i = row * per; i < (row + 1) * per; i++) {
+            const long v = type == NPY_UINT8   ? (long)((const uint8_t *)data)[i]
+                           : type == NPY_INT32 ? (long)((const int32_t *)data)[i]
+                                               : (long)((const int64_t *)data)[i];
+            if ((v < lo || v > hi) && v != also) {
+                *bad = v;
+                found = 1;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return found;
+}
+
+static void raise_bad_id(const char *name, long lo, long hi, long also,
+                         long bad)
+{
+    if (also >= 0)
+        PyErr_Format(PyExc_ValueError,
+                     "%s must hold values in [%ld, %ld] or %ld (ignore), got %ld",
+                     name, lo, hi, also, bad);
+    else
+        PyErr_Format(PyExc_ValueError,
+                     "%s must hold values in [%ld, %ld], got %ld", name, lo, hi,
+                     bad);
+}
+
 /* An integer map (labels or mask ids) as a dense array of typenum
  * (NPY_UINT8 or NPY_INT32) whose values lie in [lo, hi] or equal `also`
- * (-1: none).  A map already of typenum is checked only on the rows listed
- * in index (NULL: all); any other integer dtype is checked whole and then
- * cast.  Floats, booleans and other kinds are refused. */
+ * (-1: none).  Any other integer dtype is checked and then cast; a map
+ * already of typenum is checked only if `check` is set (the kernels check
+ * their maps too: a batch's map is scanned here only to explain a refusal).
+ * Floats, booleans and other kinds are refused. */
 static PyArrayObject *as_id_map(PyObject *obj, const char *name, int typenum,
-                                long lo, long hi, long also,
-                                const int64_t *index, npy_intp nidx)
+                                long lo, long hi, long also, int check)
 {
     PyArrayObject *a = as_array(obj, name, NPY_NOTYPE);
     if (!a) return NULL;
@@ -486,39 +528,9 @@ static PyArrayObject *as_id_map(PyObject *obj, const char *name, int typenum,
         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     Py_DECREF(a);
     if (!wide) return NULL;
-    npy_intp total = PyArray_SIZE(wide);
-    npy_intp rows = PyArray_NDIM(wide) > 0 ? PyArray_DIM(wide, 0) : 1;
-    npy_intp per = rows > 0 ? total / rows : 0;
-    long bad = 0;
-    int found = 0;
-    const void *data = PyArray_DATA(wide);
-    const npy_intp nr = (same && index) ? nidx : rows;
-    Py_BEGIN_ALLOW_THREADS
-    for (npy_intp r = 0; r < nr && !found; r++) {
-        const npy_intp row = (same && index) ? (npy_intp)index[r] : r;
-        for (npy_intp i = row * per; i < (row + 1) * per; i++) {
-            long v = typenum == NPY_UINT8 && same
-                         ? (long)((const uint8_t *)data)[i]
-                     : same ? (long)((const int32_t *)data)[i]
-                            : (long)((const int64_t *)data)[i];
-            if ((v < lo || v > hi) && v != also) {
-                bad = v;
-                found = 1;
-                break;
-            }
-        }
-    }
-    Py_END_ALLOW_THREADS
-    if (found) {
-        if (also >= 0)
-            PyErr_Format(PyExc_ValueError,
-                         "%s must hold values in [%ld, %ld] or %ld (ignore), "
-                         "got %ld",
-                         name, lo, hi, also, bad);
-        else
-            PyErr_Format(PyExc_ValueError,
-                         "%s must hold values in [%ld, %ld], got %ld", name, lo,
-                         hi, bad);
+    long bad;
+    if ((check || !same) && find_bad_id(wide, lo, hi, also, NULL, 0, &bad)) {
+        raise_bad_id(name, lo, hi, also, bad);
         Py_DECREF(wide);
         return NULL;
     }
@@ -532,6 +544,7 @@ static PyArrayObject *as_id_map(PyObject *obj, const char *name, int typenum,
 /* The arrays of one batch, converted and checked against each other. */
 typedef struct {
     PyArrayObject *features, *student, *masks, *labels, *index, *flip;
+    long n_classes;
     pm_batch bt;
 } em_batch;
 
@@ -638,7 +651,7 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
     }
     if (masks && masks != Py_None) {
         a->masks = as_id_map(masks, "masks", NPY_INT32, 0, PM_MAX_MASK_ID, -1,
-                             bt->index, bt->B);
+                             0);
         if (!a->masks || check_map_shape(a->masks, "masks", bt->n) < 0)
             return -1;
         bt->masks = PyArray_DATA(a->masks);
@@ -647,7 +660,8 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
     }
     if (labels && labels != Py_None) {
         a->labels = as_id_map(labels, "labels", NPY_UINT8, 0, n_classes - 1,
-                              PM_IGNORE, bt->index, bt->B);
+                              PM_IGNORE, 0);
+        a->n_classes = n_classes;
         if (!a->labels || check_map_shape(a->labels, "labels", bt->n) < 0)
             return -1;
         bt->labels = PyArray_DATA(a->labels);
@@ -863,7 +877,7 @@ static PyObject *label_ce(PyObject *args, PyObject *kwargs, int grad)
     z = as_logits(zo);
     if (!z) goto fail;
     npy_intp *d = PyArray_DIMS(z);
-    lab = as_id_map(lo, "labels", NPY_UINT8, 0, d[1] - 1, PM_IGNORE, NULL, 0);
+    lab = as_id_map(lo, "labels", NPY_UINT8, 0, d[1] - 1, PM_IGNORE, 1);
     if (!lab || check_map_shape(lab, "labels", d[0]) < 0) goto fail;
     wt = as_vector(wo, "weights", d[1]);
     if (!wt) goto fail;
@@ -939,15 +953,30 @@ fail:
 }
 
 /* A status of a batched kernel as an exception: non-finite logits come
- * from the features (the prototypes were checked at the door). */
-static void raise_batch_status(int st, const char *what)
+ * from the features (the prototypes were checked at the door); a refused
+ * argument is a mask id or a label out of range, found and named here. */
+static void raise_batch_status(const em_batch *a, int st, const char *what)
 {
-    if (st == PM_ERR_NONFINITE)
+    long bad;
+    const pm_batch *bt = &a->bt;
+    if (st == PM_ERR_NONFINITE) {
         PyErr_SetString(PyExc_ValueError,
                         "features contains NaN or inf (or values so large "
                         "that the logits overflow)");
-    else
-        raise_status(st, what);
+        return;
+    }
+    if (st == PM_ERR_ARG && a->masks &&
+        find_bad_id(a->masks, 0, PM_MAX_MASK_ID, -1, bt->index, bt->B, &bad)) {
+        raise_bad_id("masks", 0, PM_MAX_MASK_ID, -1, bad);
+        return;
+    }
+    if (st == PM_ERR_ARG && a->labels &&
+        find_bad_id(a->labels, 0, a->n_classes - 1, PM_IGNORE, bt->index, bt->B,
+                    &bad)) {
+        raise_bad_id("labels", 0, a->n_classes - 1, PM_IGNORE, bad);
+        return;
+    }
+    raise_status(st, what);
 }
 
 /* ------------------------------------------------------- estimators */
@@ -975,7 +1004,7 @@ static PyObject *kmeans(PyObject *args, PyObject *kwargs, int grad)
                                  PyArray_DATA(dv))
                  : pm_kmeans_fwd(ws, &a.bt, PyArray_DATA(v), K, &loss));
     if (st != PM_OK) {
-        raise_batch_status(st, "kmeans");
+        raise_batch_status(&a, st, "kmeans");
         goto fail;
     }
     em_batch_clear(&a);
@@ -1039,7 +1068,7 @@ static PyObject *focal(PyObject *args, PyObject *kwargs, int grad)
                  : pm_focal_fwd(ws, &a.bt, PyArray_DATA(v), PyArray_DATA(g), K,
                                 gamma, PyArray_DATA(chi), &loss));
     if (st != PM_OK) {
-        raise_batch_status(st, "focal");
+        raise_batch_status(&a, st, "focal");
         goto fail;
     }
     em_batch_clear(&a);
@@ -1084,7 +1113,7 @@ static PyObject *py_teacher_pseudo(PyObject *self, PyObject *args,
             pm_teacher_pseudo(ws, &a.bt, PyArray_DATA(theta),
                               PyArray_DIM(theta, 0), PyArray_DATA(out)));
     if (st != PM_OK) {
-        raise_batch_status(st, "teacher_pseudo");
+        raise_batch_status(&a, st, "teacher_pseudo");
         goto fail;
     }
     em_batch_clear(&a);
@@ -1158,7 +1187,7 @@ static PyObject *py_em_step(PyObject *self, PyObject *args, PyObject *kwargs)
                        PyArray_DATA(dg),
                        pseudo ? (uint8_t *)PyArray_DATA(pseudo) : NULL));
     if (st != PM_OK) {
-        raise_batch_status(st, "em_step");
+        raise_batch_status(&a, st, "em_step");
         goto fail;
     }
     em_batch_clear(&a);
@@ -1217,7 +1246,7 @@ static PyObject *probe(PyObject *args, PyObject *kwargs, int grad)
                  : pm_probe_fwd(ws, &a.bt, PyArray_DATA(wt), PyArray_DATA(bias),
                                 K, &loss));
     if (st != PM_OK) {
-        raise_batch_status(st, "probe");
+        raise_batch_status(&a, st, "probe");
         goto fail;
     }
     em_batch_clear(&a);
@@ -1270,7 +1299,7 @@ static PyObject *py_em_predict(PyObject *self, PyObject *args,
                        bias ? (const float *)PyArray_DATA(bias) : NULL,
                        PyArray_DIM(theta, 0), PyArray_DATA(out)));
     if (st != PM_OK) {
-        raise_batch_status(st, "predict");
+        raise_batch_status(&a, st, "predict");
         goto fail;
     }
     em_batch_clear(&a);
@@ -1303,7 +1332,7 @@ static PyObject *py_as_label_map(PyObject *self, PyObject *args,
         return NULL;
     }
     return (PyObject *)as_id_map(lo, name, NPY_UINT8, 0, (long)K - 1,
-                                 PM_IGNORE, NULL, 0);
+                                 PM_IGNORE, 1);
 }
 
 static PyObject *py_as_mask_map(PyObject *self, PyObject *args,
@@ -1317,7 +1346,7 @@ static PyObject *py_as_mask_map(PyObject *self, PyObject *args,
                                      &mo, &name))
         return NULL;
     return (PyObject *)as_id_map(mo, name, NPY_INT32, 0, PM_MAX_MASK_ID, -1,
-                                 NULL, 0);
+                                 1);
 }
 
 #define EM_KW(name, fn, doc)                                                \
