@@ -519,6 +519,15 @@ int pm_logits_fwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
     return mm_run(ws, e, B, theta, 0, F, bt->index, C * N, Z, K * N, &hk);
 }
 
+/*
+ * Backward of Z[b]_kq = sum_c theta_kc F[b]_cq + bias_k (q a pixel), with Z
+ * mirrored where flip[b] is set (a permutation P_b of the pixels):
+ *   d loss / d theta_kc = sum_b sum_q (P_b^T dZ[b])_kq F[b]_cq
+ *                       = sum_b (P_b^T dZ[b] F[b]^T)_kc
+ *   d loss / d bias_k   = sum_b sum_q dZ[b]_kq
+ * (P_b^T is P_b: a mirror is its own inverse; a sum over pixels does not
+ * depend on their order).
+ */
 int pm_logits_bwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
                   float *dZ, int64_t K, float *dtheta, float *dbias)
 {
