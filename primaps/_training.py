@@ -116,22 +116,24 @@ def ema_update(target: np.ndarray, source: np.ndarray, decay: float) -> None:
 # ------------------------------------------------------------------ batches
 
 
-def _has_shape(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "__array__"))
+def is_array(x: Any) -> bool:
+    """A NumPy array or an array-like with a shape (a torch tensor, ...)."""
+    return isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "__array__")
+                                         and not isinstance(x, (tuple, list)))
 
 
 def is_array_tuple(batches: Any) -> bool:
     """True for a tuple (features, maps[, student_features]) of whole arrays,
     False for an iterable of such tuples."""
     return (isinstance(batches, tuple) and 1 <= len(batches) <= 3
-            and all(x is None or _has_shape(x) for x in batches))
+            and all(x is None or is_array(x) for x in batches))
 
 
 def as_features(x: Any, name: str = "features") -> np.ndarray:
     """x as an array with 4 axes (n, C, h, w), or 3 (C, h, w) made (1, C, h, w).
     A float32 C-contiguous array (or memmap) is returned as is: the kernels
     read batches out of it by index, without a copy."""
-    if not _has_shape(x) and not isinstance(x, (list, tuple)):
+    if not is_array(x) and not isinstance(x, (list, tuple)):
         raise TypeError(f"{name} must be an array of shape (n, C, h, w), got {type(x).__name__}")
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.dtype.kind not in "iuf":
@@ -204,7 +206,7 @@ class ArraySource:
 def iterable_epoch(batches: Iterable, need_maps: bool, what: str) -> Iterator[dict]:
     """Batches of an iterable of (features, maps[, student_features])."""
     for item in batches:
-        if _has_shape(item):
+        if is_array(item):
             item = (item,)
         if not isinstance(item, (tuple, list)) or not 1 <= len(item) <= 3:
             raise TypeError(

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
-                        check_reiterable, ema_decay, ema_update, is_array_tuple,
+                        check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
                         write_npz_atomic)
 from ._version import __version__
@@ -211,7 +211,7 @@ class PriMaPsEM:
             src = ArraySource(batches[0], batches[1], batches[2] if len(batches) > 2 else None,
                               maps_name="masks", check_maps=_core.as_mask_map)
             return src, None
-        if _is_array(batches):
+        if is_array(batches):
             if need_maps:
                 raise ValueError(f"{what} must be (features, masks[, student_features]) "
                                  "or an iterable of such tuples, got one array")
@@ -242,7 +242,8 @@ class PriMaPsEM:
         """Set ``v`` to the top-K principal directions of the features.
 
         The covariance of (a sample of at most `max_pixels`) pixels is
-        accumulated image by image in float64, then decomposed; each
+        accumulated image by image (float32 products of pixels centred on the
+        first image's mean, summed in float64), then decomposed; each
         direction's sign is chosen so that the pole with the more extreme
         cosine similarity to the sample's features is positive.  ``g = 1``;
         student and teacher both start there.
@@ -589,7 +590,7 @@ class _ImageStream:
     def __init__(self, features: Any):
         if is_array_tuple(features):
             features = features[0]
-        if _is_array(features):
+        if is_array(features):
             self.array = as_features(features)
             self.batches = None
             self.channels = self.array.shape[1]
@@ -622,8 +623,3 @@ class _ImageStream:
         if self.array is not None:
             return int(self.array.shape[0] * self.array.shape[2] * self.array.shape[3])
         return sum(int(x.shape[1] * x.shape[2]) for x in self)
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "__array__")
-                                         and not isinstance(x, (tuple, list)))
