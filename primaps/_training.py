@@ -318,6 +318,15 @@ def rng_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bg)
 
 
-def workspace():
-    """A fresh workspace of the EM / probe kernels."""
-    return _core.em_workspace()
+class WorkspaceOwner:
+    """An estimator holding a workspace of the C kernels in ``_ws``: copies
+    and pickles get a fresh workspace instead of the original's."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ws = _core.em_workspace()

@@ -14,7 +14,7 @@ from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
-                        write_npz_atomic)
+                        WorkspaceOwner, write_npz_atomic)
 from ._version import __version__
 
 FORMAT = "primaps.PriMaPsEM"
@@ -46,7 +46,7 @@ class Prototypes:
         return Prototypes(self.v.copy(), self.g.copy())
 
 
-class PriMaPsEM:
+class PriMaPsEM(WorkspaceOwner):
     """Prototypes for K classes fitted to PriMaPs pseudo labels by EM.
 
     Prototypes are a weight-normalised 1x1 convolution without bias,
@@ -143,15 +143,6 @@ class PriMaPsEM:
         self.warmup_epoch_ = 0
 
     # ------------------------------------------------------------ helpers
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._ws = _core.em_workspace()
 
     def _params(self) -> dict:
         return {k: getattr(self, k) for k in (

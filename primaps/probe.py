@@ -9,12 +9,13 @@ import numpy as np
 
 from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
-                        check_reiterable, is_array_tuple, iterable_epoch, progress)
+                        check_reiterable, is_array_tuple, iterable_epoch, progress,
+                        WorkspaceOwner)
 
 __all__ = ["LinearProbe"]
 
 
-class LinearProbe:
+class LinearProbe(WorkspaceOwner):
     """Softmax regression with bias on features against ground-truth labels.
 
     A 1x1 convolution ``z_k = w_k . F_p + b_k`` at feature resolution,
@@ -59,15 +60,6 @@ class LinearProbe:
         self.bias_: np.ndarray | None = None
         self._adam: Adam | None = None
         self.loss_history_: list[float] = []
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._ws = _core.em_workspace()
 
     def __repr__(self) -> str:
         return (f"LinearProbe(n_classes={self.n_classes}, lr={self.lr}, epochs={self.epochs}, "
