@@ -278,8 +278,11 @@ def test_thread_counts_agree(data, threads):
         threads(n)
         runs.append(small_em(seed=1).fit((F, masks), verbose=False))
     a, b = runs
-    np.testing.assert_allclose(a.teacher_.v, b.teacher_.v, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(a.student_.g, b.student_.g, rtol=1e-6, atol=1e-7)
+    # DESIGN.md asks for agreement within float32 rounding; the kernels give
+    # the same bits for any thread count, so the runs agree exactly.
+    for x, y in ((a.student_, b.student_), (a.teacher_, b.teacher_)):
+        assert np.array_equal(x.v, y.v) and np.array_equal(x.g, y.g)
+    assert a.loss_history_ == b.loss_history_
 
 
 # ---------------------------------------------------------- checkpoints
