@@ -210,6 +210,151 @@ int pm_dense_crf(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
 int pm_permutohedral_filter(const float *features, const float *values,
                             float *out, int64_t N, int d, int64_t V);
 
+/* ------------------------------------------------------------------------ */
+/* PriMaPs-EM and the linear probe (em.c)                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Shapes: K classes (1 <= K <= 255; label 255 = ignore), C channels,
+ * features at (h, w) with N = h*w pixels, label maps at (H, W).
+ * Prototypes are weight-normalised: theta_k = g_k v_k / ||v_k|| (v: (K, C),
+ * g: (K,)).  Logits of pixel p: z_kp = theta_k . F_p (+ bias_k for the
+ * probe), computed at feature resolution with oneDNN and upsampled
+ * bilinearly (the numbers of pm_upsample_bilinear) only inside the fused
+ * label-resolution kernels, which never hold the (B, K, H, W) logits.
+ *
+ * Every result is bitwise identical for any thread count: matmuls run one
+ * image per task (each primitive single-threaded inside our pool), the
+ * label-resolution work is split into fixed bands of output rows, and every
+ * reduction sums per-image / per-band partials in a fixed order. */
+
+#define PM_IGNORE 255
+#define PM_MAX_MASK_ID 65535
+
+/* A workspace: oneDNN primitives cached per shape and buffers reused from
+ * call to call (allocated when a larger shape first needs them).  Functions
+ * that take a workspace must not run concurrently on the same one; callers
+ * that share one across threads hold pm_em_ws_lock around each call. */
+typedef struct pm_em_ws pm_em_ws;
+int pm_em_ws_create(pm_em_ws **ws);
+void pm_em_ws_free(pm_em_ws *ws);
+void pm_em_ws_lock(pm_em_ws *ws);
+void pm_em_ws_unlock(pm_em_ws *ws);
+/* Bytes held by the workspace's buffers (not counting oneDNN's code). */
+size_t pm_em_ws_bytes(const pm_em_ws *ws);
+
+/* A batch of B images taken from dataset arrays of n images.
+ *   features: (n, C, h, w); student: (n, C, h, w), the student's view, or
+ *   NULL (the student sees features); masks: (n, H, W) mask maps (0 =
+ *   background, ids <= PM_MAX_MASK_ID) or NULL; labels: (n, H, W), values
+ *   in [0, K) or PM_IGNORE, or NULL;
+ *   index: (B,) rows of those arrays forming the batch, or NULL for 0..B-1;
+ *   flip: (B,) nonzero mirrors image b left-right (features and maps
+ *   together), or NULL. */
+typedef struct {
+    const float *features;
+    const float *student;
+    const int32_t *masks;
+    const uint8_t *labels;
+    const int64_t *index;
+    const uint8_t *flip;
+    int64_t n, B, C, h, w, H, W;
+} pm_batch;
+
+/* Weight normalisation, row by row: v (K, C), g (K,) -> theta (K, C).
+ * A zero row of v gives a zero row of theta.  g may be NULL (g = 1). */
+int pm_weightnorm_fwd(const float *v, const float *g, int64_t K, int64_t C,
+                      float *theta);
+/* dtheta (K, C) -> dv (K, C), dg (K,) (dg may be NULL). */
+int pm_weightnorm_bwd(const float *v, const float *g, const float *dtheta,
+                      int64_t K, int64_t C, float *dv, float *dg);
+
+/* Low-resolution logits of a batch: Z[b] = theta F[index[b]] (+ bias), then
+ * mirrored left-right where flip[b] is set.  theta (K, C), bias (K,) or
+ * NULL, Z (B, K, h, w).  PM_ERR_NONFINITE if a logit is NaN or inf. */
+int pm_logits_fwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
+                  const float *theta, const float *bias, int64_t K, float *Z);
+/* dtheta = sum_b unflip(dZ[b]) F[index[b]]^T (K, C); dbias = sum of dZ over
+ * b and pixels (K,), or NULL.  dZ (B, K, h, w) is unflipped in place. */
+int pm_logits_bwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
+                  float *dZ, int64_t K, float *dtheta, float *dbias);
+
+/* The fused label-resolution kernels.  Z: (B, K, h, w) low-resolution
+ * logits, upsampled bilinearly to (H, W) on the fly, tile by tile.
+ *
+ * Pass 1: chi (K,) = the mean softmax probability of each class over all
+ * B*H*W pixels. */
+int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
+                          int64_t h, int64_t w, int64_t H, int64_t W,
+                          double *chi);
+/* Pass 2: the weighted cross-entropy at label resolution,
+ *   loss = scale * sum_{p: y_p != 255} wt[y_p] * (-log softmax(z_p)[y_p]),
+ * with labels y (n, H, W) read at rows index[b] (index NULL: b), mirrored
+ * where flip[b] is set (flip NULL: none); wt (K,).  _bwd also writes
+ * dZ = d loss / d Z (B, K, h, w). */
+int pm_label_ce_fwd(pm_em_ws *ws, const float *Z, const uint8_t *labels,
+                    const int64_t *index, const uint8_t *flip, int64_t n,
+                    const float *wt, double scale, int64_t B, int64_t K,
+                    int64_t h, int64_t w, int64_t H, int64_t W, double *loss);
+int pm_label_ce_bwd(pm_em_ws *ws, const float *Z, const uint8_t *labels,
+                    const int64_t *index, const uint8_t *flip, int64_t n,
+                    const float *wt, double scale, int64_t B, int64_t K,
+                    int64_t h, int64_t w, int64_t H, int64_t W, double *loss,
+                    float *dZ);
+/* Argmax over classes of the upsampled logits (ties: the smallest class):
+ * Z (B, K, h, w) -> out (B, H, W). */
+int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
+                    int64_t h, int64_t w, int64_t H, int64_t W, int32_t *out);
+
+/* Cosine K-means at feature resolution on bt->features:
+ *   loss = -(1/(B*N)) sum_p max_k (v_k/||v_k||) . (F_p/||F_p||);
+ * a zero feature vector has cosine 0 with every prototype.  _bwd also
+ * writes dv (K, C) (through the normalisation of v). */
+int pm_kmeans_fwd(pm_em_ws *ws, const pm_batch *bt, const float *v,
+                  int64_t K, double *loss);
+int pm_kmeans_bwd(pm_em_ws *ws, const pm_batch *bt, const float *v,
+                  int64_t K, double *loss, float *dv);
+
+/* The focal loss of PriMaPs-EM on the student's view (bt->student, else
+ * bt->features) against bt->labels: chi from pass 1 (a constant), class
+ * weights (1 - chi_k)^gamma, loss = pass 2 with scale 1/(B*H*W).
+ * chi (K,) out; _bwd also writes dv (K, C) and dg (K,). */
+int pm_focal_fwd(pm_em_ws *ws, const pm_batch *bt, const float *v,
+                 const float *g, int64_t K, double gamma, double *chi,
+                 double *loss);
+int pm_focal_bwd(pm_em_ws *ws, const pm_batch *bt, const float *v,
+                 const float *g, int64_t K, double gamma, double *chi,
+                 double *loss, float *dv, float *dg);
+
+/* The E-step: the teacher's argmax at label resolution (theta (K, C) on
+ * bt->features), then for every mask id i >= 1 of an image the mode of that
+ * argmax over the mask's pixels (ties: the smallest class); background
+ * pixels get PM_IGNORE.  out: (B, H, W), in the batch's (mirrored) frame.
+ * PM_ERR_ARG if a mask id is negative or above PM_MAX_MASK_ID. */
+int pm_teacher_pseudo(pm_em_ws *ws, const pm_batch *bt, const float *theta,
+                      int64_t K, uint8_t *out);
+
+/* One EM step: pseudo labels from the teacher (vt, gt) on bt->features and
+ * bt->masks, then the focal loss of the student (vs, gs) and its gradient.
+ * pseudo (B, H, W) may be NULL; it receives the pseudo labels. */
+int pm_em_step(pm_em_ws *ws, const pm_batch *bt, const float *vt,
+               const float *gt, const float *vs, const float *gs, int64_t K,
+               double gamma, double *chi, double *loss, float *dv, float *dg,
+               uint8_t *pseudo);
+
+/* The linear probe: softmax regression with bias, weight (K, C), bias (K,),
+ * against bt->labels at label resolution, mean over all B*H*W pixels
+ * (ignored pixels count 0).  _bwd also writes dweight (K, C), dbias (K,). */
+int pm_probe_fwd(pm_em_ws *ws, const pm_batch *bt, const float *weight,
+                 const float *bias, int64_t K, double *loss);
+int pm_probe_bwd(pm_em_ws *ws, const pm_batch *bt, const float *weight,
+                 const float *bias, int64_t K, double *loss, float *dweight,
+                 float *dbias);
+
+/* Prediction: argmax_k of theta . F (+ bias) upsampled to (H, W);
+ * bias may be NULL.  out: (B, H, W). */
+int pm_predict(pm_em_ws *ws, const pm_batch *bt, const float *theta,
+               const float *bias, int64_t K, int32_t *out);
+
 #ifdef __cplusplus
 }
 #endif

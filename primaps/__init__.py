@@ -27,7 +27,6 @@ except ImportError:  # an unusual layout: load the libraries by path first
     from . import _core
 
 from ._runtime import build_info, get_num_threads, set_num_threads
-from .crf import DenseCRF, dense_crf
 
 l2_normalize = _core.l2_normalize
 upsample_bilinear = _core.upsample_bilinear
@@ -37,8 +36,16 @@ upsample_bilinear_adjoint = _core.upsample_bilinear_adjoint
 # torch, stay in the optional module primaps.backbones).
 from . import datasets
 from .features import FeatureStore, FeatureStoreError
+
+# PriMaPs-EM (em.py) and the supervised linear probe (probe.py).
+from .em import PriMaPsEM, Prototypes
+from .probe import LinearProbe
+
 # Evaluation (metrics.py); the pictures live in primaps.viz (extra "viz").
 from .metrics import EvaluationReport, Evaluator, evaluate
+
+# Dense CRF (crf.py).
+from .crf import DenseCRF, dense_crf
 
 __all__ = [
     "__version__",
@@ -56,4 +63,7 @@ __all__ = [
     "evaluate",
     "DenseCRF",
     "dense_crf",
+    "PriMaPsEM",
+    "Prototypes",
+    "LinearProbe",
 ]

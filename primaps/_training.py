@@ -1,0 +1,332 @@
+"""Shared pieces of the trainable estimators (PriMaPsEM, LinearProbe):
+Adam, the EMA schedule, batches from arrays or iterables, and atomic
+checkpoint files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from . import _core
+
+# ------------------------------------------------------------ arguments
+
+
+def check_int(x: Any, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__}")
+    x = int(x)
+    if x < lo or (hi is not None and x > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {rng}, got {x}")
+    return x
+
+
+def check_float(x: Any, name: str, positive: bool = False) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x) or x < 0 or (positive and x == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {x}")
+    return x
+
+
+def progress(total: int | None, desc: str, verbose: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not verbose, leave=False,
+                dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- optimiser
+
+
+class Adam:
+    """Adam with beta = (0.9, 0.999), eps = 1e-8 and no weight decay, in
+    float32, with the update of ``torch.optim.Adam``'s single-tensor path:
+
+        m <- m + (1 - b1) (g - m)
+        s <- b2 s + (1 - b2) g g
+        p <- p - lr / (1 - b1^t) * m / (sqrt(s) / sqrt(1 - b2^t) + eps)
+
+    Parameters are updated in place; `step` counts the updates made.
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.step = 0
+        self.m = {k: np.zeros_like(v, dtype=np.float32) for k, v in params.items()}
+        self.s = {k: np.zeros_like(v, dtype=np.float32) for k, v in params.items()}
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        b1, b2 = self.betas
+        self.step += 1
+        bc1 = 1.0 - b1**self.step
+        bc2 = 1.0 - b2**self.step
+        step_size = np.float32(self.lr / bc1)
+        bc2_sqrt = np.float32(math.sqrt(bc2))
+        for name, p in params.items():
+            g = np.asarray(grads[name], dtype=np.float32)
+            m, s = self.m[name], self.s[name]
+            m += np.float32(1.0 - b1) * (g - m)
+            s *= np.float32(b2)
+            s += np.float32(1.0 - b2) * g * g
+            denom = np.sqrt(s) / bc2_sqrt + np.float32(self.eps)
+            p -= step_size * (m / denom)
+
+    def state_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {}
+        for k in self.m:
+            out[f"{prefix}m_{k}"] = self.m[k]
+            out[f"{prefix}s_{k}"] = self.s[k]
+        return out
+
+    def load_arrays(self, prefix: str, arrays: dict[str, np.ndarray], step: int) -> None:
+        for k in self.m:
+            self.m[k] = np.array(arrays[f"{prefix}m_{k}"], dtype=np.float32)
+            self.s[k] = np.array(arrays[f"{prefix}s_{k}"], dtype=np.float32)
+        self.step = int(step)
+
+
+def ema_decay(j: int, beta: float) -> float:
+    """Decay of the j-th teacher update (j >= 1): the first two copy the
+    student (0.0), then ``min(beta, 1 - 1/j)`` (2/3, 3/4, ...)."""
+    if j < 1:
+        raise ValueError(f"j must be >= 1, got {j}")
+    if j <= 2:
+        return 0.0
+    return min(float(beta), 1.0 - 1.0 / j)
+
+
+def ema_update(target: np.ndarray, source: np.ndarray, decay: float) -> None:
+    """target <- decay target + (1 - decay) source, in place (as a lerp)."""
+    target += np.float32(1.0 - decay) * (source - target)
+
+
+# ------------------------------------------------------------------ batches
+
+
+def is_array(x: Any) -> bool:
+    """A NumPy array or an array-like with a shape (a torch tensor, ...)."""
+    return isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "__array__")
+                                         and not isinstance(x, (tuple, list)))
+
+
+def is_array_tuple(batches: Any) -> bool:
+    """True for a tuple (features, maps[, student_features]) of whole arrays,
+    False for an iterable of such tuples."""
+    return (isinstance(batches, tuple) and 1 <= len(batches) <= 3
+            and all(x is None or is_array(x) for x in batches))
+
+
+def as_features(x: Any, name: str = "features") -> np.ndarray:
+    """x as an array with 4 axes (n, C, h, w), or 3 (C, h, w) made (1, C, h, w).
+    A float32 C-contiguous array (or memmap) is returned as is: the kernels
+    read batches out of it by index, without a copy."""
+    if not is_array(x) and not isinstance(x, (list, tuple)):
+        raise TypeError(f"{name} must be an array of shape (n, C, h, w), got {type(x).__name__}")
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise ValueError(f"{name} must have shape (n, C, h, w) or (C, h, w), got {a.shape}")
+    return a
+
+
+def _dense32(a: np.ndarray) -> bool:
+    return a.dtype == np.float32 and a.flags.c_contiguous
+
+
+class ArraySource:
+    """Batches of an in-memory data set: whole arrays, reshuffled every
+    epoch.  float32 C-contiguous features are passed with an index (no
+    copy); others are gathered and converted batch by batch."""
+
+    def __init__(self, features: Any, maps: Any = None, student: Any = None, *,
+                 maps_name: str = "masks", check_maps=None):
+        self.features = as_features(features)
+        n = self.features.shape[0]
+        self.student = None
+        if student is not None:
+            self.student = as_features(student, "student_features")
+            if self.student.shape != self.features.shape:
+                raise ValueError(
+                    f"student_features must have the shape of features {self.features.shape}, "
+                    f"got {self.student.shape}")
+        self.maps = None
+        if maps is not None:
+            m = check_maps(maps) if check_maps is not None else np.asarray(maps)
+            if m.ndim == 2 and n == 1:
+                m = m[None]
+            if m.ndim != 3 or m.shape[0] != n:
+                raise ValueError(
+                    f"{maps_name} must have shape (n, H, W) with n = {n} images as in "
+                    f"features, got {m.shape}")
+            self.maps = m
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-self.n // batch_size)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> Iterator[dict]:
+        order = rng.permutation(self.n)
+        for start in range(0, self.n, batch_size):
+            idx = np.ascontiguousarray(order[start:start + batch_size], dtype=np.int64)
+            yield self.batch(idx)
+
+    def batch(self, idx: np.ndarray) -> dict:
+        out = {"index": idx}
+        if _dense32(self.features) and (self.student is None or _dense32(self.student)):
+            out["features"], out["student"] = self.features, self.student
+            out["maps"] = self.maps
+        else:
+            out["index"] = None
+            out["features"] = np.ascontiguousarray(self.features[idx], dtype=np.float32)
+            out["student"] = (None if self.student is None else
+                              np.ascontiguousarray(self.student[idx], dtype=np.float32))
+            out["maps"] = None if self.maps is None else self.maps[idx]
+        return out
+
+
+def iterable_epoch(batches: Iterable, need_maps: bool, what: str) -> Iterator[dict]:
+    """Batches of an iterable of (features, maps[, student_features])."""
+    for item in batches:
+        if is_array(item):
+            item = (item,)
+        if not isinstance(item, (tuple, list)) or not 1 <= len(item) <= 3:
+            raise TypeError(
+                f"{what} must yield (features, {'masks' if need_maps else 'labels'}"
+                f"[, student_features]) tuples, got {type(item).__name__}")
+        if need_maps and (len(item) < 2 or item[1] is None):
+            raise ValueError(f"{what} must yield (features, maps[, student_features]); "
+                             "a batch came without maps")
+        feats = as_features(item[0])
+        maps = item[1] if len(item) > 1 else None
+        if maps is not None:
+            maps = np.asarray(maps)
+            if maps.ndim == 2:
+                maps = maps[None]
+        student = item[2] if len(item) > 2 else None
+        if student is not None:
+            student = as_features(student, "student_features")
+        yield {"features": feats, "maps": maps, "student": student, "index": None}
+
+
+def check_reiterable(batches: Any, passes: int, what: str) -> None:
+    """A one-shot iterator cannot feed more than one pass."""
+    if passes > 1 and iter(batches) is batches:
+        raise TypeError(
+            f"{what} is a one-shot iterator but {passes} passes over the data are "
+            "needed; pass a list, a DataLoader or another re-iterable, or in-memory "
+            "arrays")
+
+
+# -------------------------------------------------------------- checkpoints
+
+META_KEY = "meta.json"
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
+                     meta: dict) -> Path:
+    """Write arrays and JSON metadata to one .npz file atomically: a
+    temporary file in the same folder, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = dict(arrays)
+    payload[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - folders that cannot be opened
+        pass
+    return path
+
+
+def read_npz(path: str | os.PathLike, fmt: str, version: int) -> tuple[dict, dict]:
+    """Arrays and metadata of a checkpoint written by write_npz_atomic, with a
+    ValueError for anything that is not one of format `fmt`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as fh:
+        try:
+            with np.load(fh, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:  # zipfile, zlib, numpy format errors
+            raise ValueError(f"{path} is not a readable primaps checkpoint: {e}") from None
+    if META_KEY not in arrays:
+        raise ValueError(f"{path} is not a primaps checkpoint (no {META_KEY} entry)")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} holds corrupt metadata: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} is not a {fmt} checkpoint (format {found!r})")
+    v = meta.get("version")
+    if not isinstance(v, int) or v < 1:
+        raise ValueError(f"{path} has an invalid format version {v!r}")
+    if v > version:
+        raise ValueError(
+            f"{path} was written in format version {v}; this primaps reads up to "
+            f"version {version}: upgrade primaps")
+    return arrays, meta
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def rng_from_state(state: dict) -> np.random.Generator:
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name != "PCG64":
+        raise ValueError(f"unsupported random generator state {name!r}")
+    bg = np.random.PCG64()
+    bg.state = state
+    return np.random.Generator(bg)
+
+
+class WorkspaceOwner:
+    """An estimator holding a workspace of the C kernels in ``_ws``: copies
+    and pickles get a fresh workspace instead of the original's."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._ws = _core.em_workspace()
