@@ -182,10 +182,13 @@ static int parse_positive(PyObject *o, const char *name, npy_intp *out)
     return 0;
 }
 
-/* Parses a spatial size: an int n (meaning (n, n)) or a pair (H, W). */
+/* Parses a spatial size: an int n (meaning (n, n)) or a pair (H, W) (a
+ * tuple, a list or a NumPy array of two integers). */
 static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
 {
-    if (PyIndex_Check(o) && !PyBool_Check(o)) {
+    /* an array of one or more axes has __index__ too, but means a pair */
+    const int array = PyArray_Check(o) && PyArray_NDIM((PyArrayObject *)o) > 0;
+    if (PyIndex_Check(o) && !PyBool_Check(o) && !array) {
         if (parse_positive(o, name, &out[0]) < 0) return -1;
         out[1] = out[0];
         return 0;
@@ -575,6 +578,17 @@ static void em_batch_clear(em_batch *a)
     Py_XDECREF(a->index);
     Py_XDECREF(a->flip);
     memset(a, 0, sizeof *a);
+}
+
+/* A required map argument may not be None (em_batch_parse reads None as
+ * "absent", which only the optional arguments may be). */
+static int require_map(PyObject *obj, const char *name)
+{
+    if (obj != Py_None) return 0;
+    PyErr_Format(PyExc_TypeError,
+                 "%s must be an integer array of shape (n, H, W), got None",
+                 name);
+    return -1;
 }
 
 /* A map (n, H, W) that matches the features' n. */
@@ -1057,6 +1071,7 @@ static PyObject *focal(PyObject *args, PyObject *kwargs, int grad)
                      "gamma must be a finite number >= 0, got %g", gamma);
         return NULL;
     }
+    if (require_map(lo, "labels") < 0) return NULL;
     em_batch a;
     memset(&a, 0, sizeof a);
     PyArrayObject *v = NULL, *g = NULL, *chi = NULL, *dv = NULL, *dg = NULL;
@@ -1118,6 +1133,7 @@ static PyObject *py_teacher_pseudo(PyObject *self, PyObject *args,
         return NULL;
     pm_em_ws *ws = get_ws(wso);
     if (!ws) return NULL;
+    if (require_map(mo, "masks") < 0) return NULL;
     em_batch a;
     PyArrayObject *theta = NULL, *out = NULL;
     if (em_batch_parse(&a, fo, NULL, mo, NULL, io, flo, 0) < 0) goto fail;
@@ -1169,6 +1185,7 @@ static PyObject *py_em_step(PyObject *self, PyObject *args, PyObject *kwargs)
                      "gamma must be a finite number >= 0, got %g", gamma);
         return NULL;
     }
+    if (require_map(mo, "masks") < 0) return NULL;
     em_batch a;
     PyArrayObject *vt = NULL, *gt = NULL, *vs = NULL, *gs = NULL, *chi = NULL,
                   *dv = NULL, *dg = NULL, *pseudo = NULL;
@@ -1238,6 +1255,7 @@ static PyObject *probe(PyObject *args, PyObject *kwargs, int grad)
         return NULL;
     pm_em_ws *ws = get_ws(wso);
     if (!ws) return NULL;
+    if (require_map(lo, "labels") < 0) return NULL;
     em_batch a;
     memset(&a, 0, sizeof a);
     PyArrayObject *wt = NULL, *bias = NULL, *dw = NULL, *db = NULL;
