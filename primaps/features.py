@@ -26,12 +26,13 @@ import io
 import json
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ._io import atomic_write, fsync_dir
 
 try:
     import fcntl
@@ -63,34 +64,13 @@ class FeatureStoreError(OSError):
 # ---------------------------------------------------------------- file helpers
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(src: str, dst: Path) -> None:
-    os.replace(src, dst)
-
-
 def _write_atomic(folder: Path, name: str, write) -> Tuple[int, str]:
-    """Write a file through `write(f) -> crc` to a temporary file, fsync it
-    and rename it to `name`.  Returns (size in bytes, crc32 hex)."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            crc = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        _replace(tmp, folder / name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    """Write a file through `write(f) -> crc` with atomic_write (temporary
+    file, fsync, rename, fsync of the folder).  Returns (size in bytes,
+    crc32 hex)."""
+    with atomic_write(folder / name, prefix=TMP_PREFIX) as f:
+        crc = write(f)
+        size = f.tell()
     return size, f"{crc & 0xFFFFFFFF:08x}"
 
 
@@ -419,7 +399,7 @@ class FeatureStore:
         for p in self.path.iterdir():
             if p.name.startswith(TMP_PREFIX) or (SHARD_RE.match(p.name) and p.name not in listed):
                 p.unlink()
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _build_lookup(self) -> None:
         self._where: Dict[str, Tuple[int, int]] = {}

@@ -1,0 +1,72 @@
+"""Run the Python test suite against an ASan + UBSan build of the extension.
+
+    python tests/run_asan.py [pytest arguments]
+
+Builds the package with PRIMAPS_SANITIZE=1 into a temporary folder (the
+environment's own install is left alone), puts that folder first on
+PYTHONPATH, preloads the compiler's AddressSanitizer runtime (Python itself
+is not instrumented) and runs pytest on tests/.  Leak detection is off:
+CPython keeps its interned objects and arenas until exit, which LeakSanitizer
+would report.  UBSan stops at the first error.  Exits with pytest's status.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sanitizer_runtime() -> str:
+    """The path of the compiler's libasan.so (what the extension links)."""
+    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    path = os.path.realpath(out)
+    if not os.path.isfile(path):
+        sys.exit(f"run_asan: the AddressSanitizer runtime was not found (gcc says {out!r})")
+    return path
+
+
+def build(target: Path) -> None:
+    env = dict(os.environ, PRIMAPS_SANITIZE="1")
+    with tempfile.TemporaryDirectory() as src:
+        # A copy of the sources: the build must not leave files in the repository.
+        shutil.copytree(REPO, src, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "build", "*.so", "__pycache__", ".hypothesis", "benchmarks"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                        "--no-build-isolation", "--target", str(target), src],
+                       check=True, env=env)
+
+
+def main(argv: list[str]) -> int:
+    runtime = sanitizer_runtime()
+    with tempfile.TemporaryDirectory(prefix="primaps-asan-") as tmp:
+        target = Path(tmp) / "site"
+        t0 = time.time()
+        build(target)
+        print(f"run_asan: sanitized build in {time.time() - t0:.0f} s", flush=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(target)] + [p for p in [env.get("PYTHONPATH")] if p])
+        env["LD_PRELOAD"] = runtime
+        env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:abort_on_error=0"
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+        env["PRIMAPS_EXPECT_SANITIZED"] = "1"
+        # pytest's own script (not python -m pytest, which would put the
+        # source tree, without the sanitized build, first on sys.path)
+        pytest = [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))"]
+        cmd = pytest + ["-p", "no:cacheprovider", str(REPO / "tests")] + argv
+        t0 = time.time()
+        rc = subprocess.run(cmd, env=env, cwd=tmp).returncode
+        print(f"run_asan: pytest under ASan + UBSan finished in {time.time() - t0:.0f} s "
+              f"with status {rc}", flush=True)
+        return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
