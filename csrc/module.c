@@ -647,7 +647,23 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
         bt->student = PyArray_DATA(a->student);
     }
     if (index && index != Py_None) {
-        a->index = as_array(index, "index", NPY_INT64);
+        /* image numbers: integers only (a float index would be truncated) */
+        a->index = as_array(index, "index", NPY_NOTYPE);
+        if (!a->index) return -1;
+        const char kind = PyArray_DESCR(a->index)->kind;
+        if (kind != 'i' && kind != 'u') {
+            PyObject *s = PyObject_Str((PyObject *)PyArray_DESCR(a->index));
+            PyErr_Format(PyExc_TypeError,
+                         "index must be an integer array of image numbers, got "
+                         "dtype %s",
+                         s ? PyUnicode_AsUTF8(s) : "?");
+            Py_XDECREF(s);
+            return -1;
+        }
+        PyArrayObject *ix64 = (PyArrayObject *)PyArray_FROM_OTF(
+            (PyObject *)a->index, NPY_INT64,
+            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        Py_SETREF(a->index, ix64);
         if (!a->index) return -1;
         if (check_ndim(a->index, "index", 1, 1, "(B,)") < 0) return -1;
         if (PyArray_DIM(a->index, 0) < 1) {

@@ -1,0 +1,63 @@
+"""Regression tests of bugs the fuzz suite (tests/test_fuzz.py) found in
+the bindings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import primaps
+from primaps import _core
+
+
+@pytest.mark.parametrize("size", [np.array([5, 7]), np.array([5, 7], np.uint16), [5, 7], (5, 7)])
+def test_a_size_may_be_a_numpy_array_of_two_integers(size):
+    x = np.ones((2, 3, 4), np.float32)
+    assert primaps.upsample_bilinear(x, size).shape == (2, 5, 7)
+    assert primaps.upsample_bilinear_adjoint(np.ones((2, 5, 7), np.float32), np.array([3, 4])).shape == (2, 3, 4)
+    ws = _core.em_workspace()
+    out = _core.em_predict(ws, np.ones((1, 3, 2, 2), np.float32), np.eye(2, 3, dtype=np.float32), size)
+    assert out.shape == (1, 5, 7)
+
+
+def test_a_size_array_of_the_wrong_length_names_the_argument():
+    with pytest.raises(ValueError, match="size must be a pair"):
+        primaps.upsample_bilinear(np.ones((3, 4), np.float32), np.array([1, 2, 3]))
+
+
+def _batch():
+    f = np.random.default_rng(0).random((2, 3, 2, 2), dtype=np.float32)
+    v = np.ones((2, 3), np.float32)
+    g = np.ones(2, np.float32)
+    return _core.em_workspace(), f, v, g
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda ws, f, v, g: _core.teacher_pseudo(ws, f, None, v), "masks"),
+    (lambda ws, f, v, g: _core.em_step(ws, f, None, v, g, v, g, 2.0), "masks"),
+    (lambda ws, f, v, g: _core.focal_fwd(ws, f, None, v, g, 2.0), "labels"),
+    (lambda ws, f, v, g: _core.focal_bwd(ws, f, None, v, g, 2.0), "labels"),
+    (lambda ws, f, v, g: _core.probe_fwd(ws, f, None, v, g), "labels"),
+    (lambda ws, f, v, g: _core.probe_bwd(ws, f, None, v, g), "labels"),
+])
+def test_a_required_map_given_as_none_is_a_type_error_naming_it(call, name):
+    # it used to reach the kernel as "absent" and came back as
+    # "ValueError: <kernel>: invalid argument"
+    with pytest.raises(TypeError, match=f"{name} must be an integer array"):
+        call(*_batch())
+
+
+@pytest.mark.parametrize("index", [np.array([0.0, 1.0]), np.array([0.7]), [1.5]])
+def test_a_float_index_is_refused_not_truncated(index):
+    ws, f, v, g = _batch()
+    with pytest.raises(TypeError, match="index must be an integer array"):
+        _core.kmeans_fwd(ws, f, v, index=index)
+    with pytest.raises(TypeError, match="index must be an integer array"):
+        _core.em_predict(ws, f, v, 4, index=index)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int32, np.uint64])
+def test_an_index_of_any_integer_dtype_is_read(dtype):
+    ws, f, v, g = _batch()
+    want = _core.kmeans_fwd(ws, f, v, index=np.array([1, 0], np.int64))
+    assert _core.kmeans_fwd(ws, f, v, index=np.array([1, 0], dtype)) == want
