@@ -148,10 +148,12 @@ static int check_output_size(const char *name, double count, size_t itemsize)
     double limit = (pages > 0 && page > 0) ? (double)pages * (double)page
                                            : 9.0e18;
     if (bytes > limit || count > (double)NPY_MAX_INTP) {
+        /* PyErr_Format has no %g: the numbers are formatted here */
+        char buf[64];
+        snprintf(buf, sizeof buf, "%.3g GiB, more than this machine's %.3g",
+                 bytes / 1073741824.0, limit / 1073741824.0);
         PyErr_Format(PyExc_ValueError,
-                     "%s asks for an output of %.3g GiB, more than this "
-                     "machine's %.3g GiB of memory",
-                     name, bytes / 1073741824.0, limit / 1073741824.0);
+                     "%s asks for an output of %s GiB of memory", name, buf);
         return -1;
     }
     return 0;
@@ -182,6 +184,17 @@ static int parse_positive(PyObject *o, const char *name, npy_intp *out)
     return 0;
 }
 
+/* A size of at most PM_MAX_SIDE per axis (the resampling tables' limit). */
+static int check_side(const char *name, const npy_intp size[2])
+{
+    if (size[0] <= PM_MAX_SIDE && size[1] <= PM_MAX_SIDE) return 0;
+    PyErr_Format(PyExc_ValueError,
+                 "%s must be at most %lld per axis, got (%lld, %lld)", name,
+                 (long long)PM_MAX_SIDE, (long long)size[0],
+                 (long long)size[1]);
+    return -1;
+}
+
 /* Parses a spatial size: an int n (meaning (n, n)) or a pair (H, W) (a
  * tuple, a list or a NumPy array of two integers). */
 static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
@@ -191,7 +204,7 @@ static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
     if (PyIndex_Check(o) && !PyBool_Check(o) && !array) {
         if (parse_positive(o, name, &out[0]) < 0) return -1;
         out[1] = out[0];
-        return 0;
+        return check_side(name, out);
     }
     if (!PySequence_Check(o) || PyUnicode_Check(o) || PyBytes_Check(o)) {
         PyErr_Format(PyExc_TypeError,
@@ -214,7 +227,7 @@ static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
         Py_DECREF(item);
         if (r < 0) return -1;
     }
-    return 0;
+    return check_side(name, out);
 }
 
 /* ======================================================================== */

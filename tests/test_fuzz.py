@@ -18,7 +18,9 @@ temporary folder).
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
+import sys
 import warnings
 from collections import Counter, defaultdict
 
@@ -68,6 +70,7 @@ def test_fuzz(entry):
         run, check = entry.build(case)
         allowed, may_succeed = case.expected(entry.nonfinite_raises)
         allowed = tuple(allowed) + tuple(entry.raises)
+        refs = [sys.getrefcount(a) for a in case.tracked]
         faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
         try:
             with warnings.catch_warnings():
@@ -87,8 +90,15 @@ def test_fuzz(entry):
                 f"{[e.__name__ for e in allowed]}, but the call succeeded")
             check(result)
             outcome = "ok"
+            del result
         finally:
             faulthandler.cancel_dump_traceback_later()
+        # no reference to an input is gained or lost, on success or error
+        after = [sys.getrefcount(a) for a in case.tracked]
+        if after != refs:
+            gc.collect()
+            after = [sys.getrefcount(a) for a in case.tracked]
+        assert after == refs, f"{entry.name}: reference counts of the inputs {refs} -> {after}"
         COUNTS[entry.name][outcome] += 1
         for _, kind in case.faults:
             FAULTS[entry.name][kind] += 1

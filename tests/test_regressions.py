@@ -61,3 +61,22 @@ def test_an_index_of_any_integer_dtype_is_read(dtype):
     ws, f, v, g = _batch()
     want = _core.kmeans_fwd(ws, f, v, index=np.array([1, 0], np.int64))
     assert _core.kmeans_fwd(ws, f, v, index=np.array([1, 0], dtype)) == want
+
+
+@pytest.mark.parametrize("size", [2**62, (2**62, 2**62), (3, 2**31)])
+def test_a_size_beyond_the_tables_limit_is_refused_not_a_crash(size):
+    # (size_t)(2 * W) * 4 wrapped around for W = 2^62: a segfault
+    ws = _core.em_workspace()
+    z = np.zeros((1, 2, 2, 2), np.float32)
+    for call in (lambda: _core.label_softmax_mean(ws, z, size),
+                 lambda: _core.label_argmax(ws, z, size),
+                 lambda: primaps.upsample_bilinear(z, size),
+                 lambda: _core.em_predict(ws, z, np.ones((2, 2), np.float32), size)):
+        with pytest.raises(ValueError, match="size must be at most 2147483647 per axis"):
+            call()
+
+
+def test_an_output_too_large_for_memory_names_the_size_in_gib():
+    # PyErr_Format has no %g: the message used to read "%.3g GiB"
+    with pytest.raises(ValueError, match=r"asks for an output of [0-9.e+]+ GiB, more than"):
+        primaps.upsample_bilinear(np.zeros((2, 2), np.float32), (2**31 - 1, 2**31 - 1))

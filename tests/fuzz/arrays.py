@@ -53,7 +53,7 @@ class Case:
         self.draw = draw
         self.mode = draw(_MODES) if mode is None else mode
         self.faults: list[tuple[str, str]] = []
-        self.values: dict[str, Any] = {}
+        self.tracked: list[np.ndarray] = []  # every array handed out (refcount checks)
 
     # ------------------------------------------------------------- faults
 
@@ -253,6 +253,12 @@ class Case:
     def _layout(self, a: np.ndarray, lists: bool = True, keep_values: bool = False) -> Any:
         """The same values in another representation (`keep_values`: no
         zero-stride view, which would repeat the first row)."""
+        out = self._represent(a, lists, keep_values)
+        if isinstance(out, np.ndarray):
+            self.tracked.append(out)
+        return out
+
+    def _represent(self, a: np.ndarray, lists: bool, keep_values: bool) -> Any:
         if self.draw(st.integers(0, 3)) == 0 and a.dtype.itemsize > 1:
             a = a.astype(a.dtype.newbyteorder())
         layout = self.draw(st.sampled_from(LAYOUTS))
