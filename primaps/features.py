@@ -49,6 +49,9 @@ TMP_PREFIX = ".tmp-"
 FEATURE_DTYPES = ("float16", "float32")
 SHARD_RE = re.compile(r"^(features|masks)-(\d{6,})\.npy$")
 CHUNK = 1 << 24  # bytes per CRC / write step
+# The index is small (ids and a few numbers per shard: ~2 MB for 50k
+# images); a larger one is not read.
+MAX_INDEX_BYTES = 256 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -124,6 +127,7 @@ def _read_npy_into_memory(path: Path, entry: Mapping[str, Any], verify: bool) ->
                 path, f"the shard holds shape {shape}, the index says {entry['shape']}"
             )
         head_len = f.tell()
+        _check_payload(path, shape, dtype, head_len, entry)
         out = np.empty(shape, dtype=dtype)
         buf = out.reshape(-1).view(np.uint8)
         crc = 0
@@ -139,6 +143,16 @@ def _read_npy_into_memory(path: Path, entry: Mapping[str, Any], verify: bool) ->
     if verify and f"{crc & 0xFFFFFFFF:08x}" != entry["crc32"]:
         raise FeatureStoreError(path, "checksum mismatch: the shard is corrupt")
     return out
+
+
+def _check_payload(path: Path, shape, dtype: np.dtype, head_len: int, entry: Mapping[str, Any]) -> None:
+    """The shape a header (and the index) claims must be what the file's
+    bytes hold: checked before anything of that size is allocated."""
+    need = head_len + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need != entry["bytes"]:
+        raise FeatureStoreError(
+            path, f"shape {tuple(shape)} {dtype} needs {need} bytes, the shard has {entry['bytes']}"
+        )
 
 
 def _crc_of_file(path: Path) -> str:
@@ -345,6 +359,9 @@ class FeatureStore:
     def _read_index(self) -> Dict[str, Any]:
         index_path = self.path / INDEX
         try:
+            size = index_path.stat().st_size
+            if size > MAX_INDEX_BYTES:
+                raise ValueError(f"{size} bytes, more than an index may hold ({MAX_INDEX_BYTES})")
             index = json.loads(index_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(index_path, f"cannot read the index ({exc})") from exc
@@ -577,6 +594,9 @@ class FeatureStore:
                 raise FeatureStoreError(path, "checksum mismatch: the shard is corrupt")
             self._verified.add(entry["file"])
         try:
+            with open(path, "rb") as f:
+                shape, _, dtype = _read_header(f, path)
+                _check_payload(path, shape, dtype, f.tell(), entry)
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(path, f"cannot read the shard ({exc})") from exc
