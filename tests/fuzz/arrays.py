@@ -185,7 +185,8 @@ class Case:
         if kind == "bad_dtype":
             return self._bad_dtype(x)
         if kind == "float_ids":
-            return self._layout(x.astype(self.draw(st.sampled_from(FLOAT_DTYPES))), False)
+            with np.errstate(over="ignore"):
+                return self._layout(x.astype(self.draw(st.sampled_from(FLOAT_DTYPES))), False)
         lo_v, hi_v = int(x.min(initial=0)), int(x.max(initial=0))
         fits = [d for d in (dtypes or INT_DTYPES)
                 if np.iinfo(d).min <= lo_v and hi_v <= np.iinfo(d).max]

@@ -697,7 +697,8 @@ def _em_data(case: Case):
     feats = case.floats("features", [n, C, h, w], ndims=(3, 4), lists=False,
                         kinds=("wrong_type", "bad_dtype", "nonfinite", "ndim"))
     H, W = case.dim(1, 6), case.dim(1, 6)
-    masks = case.ids("masks", [n, H, W], 0, 6, ndims=(3,), lists=False,
+    # (features, None) is its own documented ValueError ("must be (features, masks...)")
+    masks = case.ids("masks", [n, H, W], 0, 65535, ndims=(3,), lists=False, optional=True,
                      kinds=("wrong_type", "bad_dtype", "float_ids", "bad_value"))
     K = case.dim(1, 2)
     return feats, masks, (n, C, h, w, H, W, K)
@@ -754,7 +755,7 @@ def _em_inference(case: Case):
     else:
         feats = case.floats("features", [n, C + 1 if maybe(case, "channels") else C, h, w],
                             ndims=(3, 4), lists=False)
-        masks = case.ids("masks", [n, H, W], 0, 9, ndims=(3,), lists=False)
+        masks = case.ids("masks", [n, H, W], 0, 65535, ndims=(3,), lists=False)
 
     def run():
         em = _fitted(K, C)
@@ -864,7 +865,7 @@ def _feature_store(case: Case):
 def _colorize(case: Case):
     K = case.dim(1, 12)
     labels = case.ids("labels", [case.dim(1, 5), case.dim(1, 5)], 0, K - 1, also=(255,),
-                      ndims=(2, 3, 4, 5, 6), kinds=("wrong_type", "bad_dtype", "float_ids", "ndim"))
+                      kinds=("wrong_type", "bad_dtype", "float_ids"))
     from primaps import viz
 
     def run():
