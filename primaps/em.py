@@ -174,7 +174,12 @@ class PriMaPsEM(WorkspaceOwner):
         self.loss_history_ = []
 
     def _check_protos(self, v: Any, name: str) -> np.ndarray:
-        v = np.array(v, dtype=np.float32)
+        a = None if isinstance(v, (str, bytes)) else np.asarray(v)
+        if a is None or a.dtype.kind not in "iuf":
+            what = type(v).__name__ if a is None else f"dtype {a.dtype}"
+            raise TypeError(f"{name} must be a numeric array of shape ({self.n_classes}, C), "
+                            f"got {what}")
+        v = np.array(a, dtype=np.float32)
         if v.ndim != 2 or v.shape[0] != self.n_classes:
             raise ValueError(f"{name} must have shape ({self.n_classes}, C), got {v.shape}")
         if not np.all(np.isfinite(v)):

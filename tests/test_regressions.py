@@ -80,3 +80,11 @@ def test_an_output_too_large_for_memory_names_the_size_in_gib():
     # PyErr_Format has no %g: the message used to read "%.3g GiB"
     with pytest.raises(ValueError, match=r"asks for an output of [0-9.e+]+ GiB, more than"):
         primaps.upsample_bilinear(np.zeros((2, 2), np.float32), (2**31 - 1, 2**31 - 1))
+
+
+@pytest.mark.parametrize("protos", ["abc", None, np.ones((2, 3), bool), np.ones((2, 3), complex),
+                                    np.array([[{}, {}]], dtype=object)])
+def test_init_from_refuses_what_is_not_a_numeric_array(protos):
+    # bools were read as 0/1 prototypes, strings failed inside NumPy
+    with pytest.raises(TypeError, match="prototypes must be a numeric array"):
+        primaps.PriMaPsEM(2).init_from(protos)

@@ -395,6 +395,7 @@ def _focal(case: Case, grad: bool):
     if case.draw(st.booleans()):
         student = case.floats("student_features", [n, C, h, w + 1 if maybe(case, "student") else w],
                               ndims=(4,), optional=True)
+        case.loosen("features")  # the focal loss reads the student's view only
     Bn = _b(index, n)
     flip = _flip(case, Bn)
     w_ = ws_arg(case)
