@@ -495,7 +495,10 @@ static PyObject *py_em_workspace_bytes(PyObject *self, PyObject *arg)
     }
 
 /* The first value of a dense integer map (rows `index`, NULL: all) that
- * lies outside [lo, hi] and is not `also` (-1: none); 1 if there is one. */
+ * lies outside [lo, hi] and is not `also` (NO_ALSO: none); 1 if there is one. */
+/* "no extra value": not -1, which is itself a value a map may hold */
+#define NO_ALSO LONG_MIN
+
 static int find_bad_id(PyArrayObject *m, long lo, long hi, long also,
                        const int64_t *index, npy_intp nidx, long *bad)
 {
@@ -526,7 +529,7 @@ static int find_bad_id(PyArrayObject *m, long lo, long hi, long also,
 static void raise_bad_id(const char *name, long lo, long hi, long also,
                          long bad)
 {
-    if (also >= 0)
+    if (also != NO_ALSO)
         PyErr_Format(PyExc_ValueError,
                      "%s must hold values in [%ld, %ld] or %ld (ignore), got %ld",
                      name, lo, hi, also, bad);
@@ -538,7 +541,7 @@ static void raise_bad_id(const char *name, long lo, long hi, long also,
 
 /* An integer map (labels or mask ids) as a dense array of typenum
  * (NPY_UINT8 or NPY_INT32) whose values lie in [lo, hi] or equal `also`
- * (-1: none).  Any other integer dtype is checked and then cast; a map
+ * (NO_ALSO: none).  Any other integer dtype is checked and then cast; a map
  * already of typenum is checked only if `check` is set (the kernels check
  * their maps too: a batch's map is scanned here only to explain a refusal).
  * Floats, booleans and other kinds are refused. */
@@ -711,7 +714,7 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
         bt->flip = PyArray_DATA(a->flip); /* NPY_BOOL is one byte, 0 or 1 */
     }
     if (masks && masks != Py_None) {
-        a->masks = as_id_map(masks, "masks", NPY_INT32, 0, PM_MAX_MASK_ID, -1,
+        a->masks = as_id_map(masks, "masks", NPY_INT32, 0, PM_MAX_MASK_ID, NO_ALSO,
                              0);
         if (!a->masks || check_map_shape(a->masks, "masks", bt->n) < 0)
             return -1;
@@ -1027,8 +1030,8 @@ static void raise_batch_status(const em_batch *a, int st, const char *what)
         return;
     }
     if (st == PM_ERR_ARG && a->masks &&
-        find_bad_id(a->masks, 0, PM_MAX_MASK_ID, -1, bt->index, bt->B, &bad)) {
-        raise_bad_id("masks", 0, PM_MAX_MASK_ID, -1, bad);
+        find_bad_id(a->masks, 0, PM_MAX_MASK_ID, NO_ALSO, bt->index, bt->B, &bad)) {
+        raise_bad_id("masks", 0, PM_MAX_MASK_ID, NO_ALSO, bad);
         return;
     }
     if (st == PM_ERR_ARG && a->labels &&
@@ -1410,7 +1413,7 @@ static PyObject *py_as_mask_map(PyObject *self, PyObject *args,
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s:as_mask_map", kwlist,
                                      &mo, &name))
         return NULL;
-    return (PyObject *)as_id_map(mo, name, NPY_INT32, 0, PM_MAX_MASK_ID, -1,
+    return (PyObject *)as_id_map(mo, name, NPY_INT32, 0, PM_MAX_MASK_ID, NO_ALSO,
                                  1);
 }
 

@@ -88,3 +88,17 @@ def test_init_from_refuses_what_is_not_a_numeric_array(protos):
     # bools were read as 0/1 prototypes, strings failed inside NumPy
     with pytest.raises(TypeError, match="prototypes must be a numeric array"):
         primaps.PriMaPsEM(2).init_from(protos)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64])
+def test_a_mask_id_of_minus_one_is_refused_by_name(dtype):
+    # -1 doubled as the "no extra value" sentinel, so -1 passed the check
+    masks = np.zeros((1, 4, 4), dtype)
+    masks[0, 2, 3] = -1
+    with pytest.raises(ValueError, match=r"masks must hold values in \[0, 65535\], got -1"):
+        _core.as_mask_map(masks)
+    ws, f, v, g = _batch()
+    with pytest.raises(ValueError, match=r"masks must hold values in \[0, 65535\], got -1"):
+        _core.em_step(ws, f[:1], masks.astype(np.int32), v, g, v, g, 2.0)
+    with pytest.raises(ValueError, match="got -1"):
+        primaps.PriMaPsEM(2).init_from(v).fit((f[:1], masks), verbose=False)
