@@ -263,7 +263,7 @@ class Case:
         if self.draw(st.integers(0, 3)) == 0 and a.dtype.itemsize > 1:
             a = a.astype(a.dtype.newbyteorder())
         layout = self.draw(st.sampled_from(LAYOUTS))
-        if layout == "fortran":
+        if layout == "fortran" and a.ndim:  # (asfortranarray makes a 0-d array 1-d)
             return np.asfortranarray(a)
         if layout == "strided" and a.ndim:
             ax = self.draw(st.integers(0, a.ndim - 1))
