@@ -1956,6 +1956,13 @@ static PyObject *py_permutohedral_filter(PyObject *self, PyObject *args,
                      shape_str(f, b1, sizeof b1), shape_str(v, b2, sizeof b2));
         goto fail;
     }
+    /* lattice coordinates of NaN or inf do not exist */
+    const float *fp = (const float *)PyArray_DATA(f);
+    for (npy_intp i = 0; i < N * d; i++)
+        if (!isfinite(fp[i])) {
+            PyErr_SetString(PyExc_ValueError, "features contains NaN or inf");
+            goto fail;
+        }
     out = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(v), NPY_FLOAT32, 0);
     if (!out) goto fail;
     int st;

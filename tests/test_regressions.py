@@ -102,3 +102,11 @@ def test_a_mask_id_of_minus_one_is_refused_by_name(dtype):
         _core.em_step(ws, f[:1], masks.astype(np.int32), v, g, v, g, 2.0)
     with pytest.raises(ValueError, match="got -1"):
         primaps.PriMaPsEM(2).init_from(v).fit((f[:1], masks), verbose=False)
+
+
+def test_permutohedral_filter_names_non_finite_features():
+    # it answered "features: invalid argument"
+    f = np.zeros((5, 2), np.float32)
+    f[3, 1] = np.inf
+    with pytest.raises(ValueError, match="features contains NaN or inf"):
+        _core.permutohedral_filter(f, np.ones((5, 1), np.float32))
