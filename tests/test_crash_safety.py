@@ -344,3 +344,17 @@ def test_every_report_and_picture_is_written_atomically(tmp_path, monkeypatch):
         primaps.evaluate(np.array([[1, 1]]), np.array([[0, 1]]), 2).to_json(target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_a_mat_file_declaring_a_huge_array_is_refused_by_name(tmp_path, monkeypatch):
+    from scipy.io import savemat
+
+    from primaps.datasets import potsdam
+    from primaps.datasets._base import DatasetFileError
+
+    path = tmp_path / "tile.mat"
+    savemat(path, {"img": np.zeros((20, 20, 4), np.uint8)})
+    assert potsdam.load_mat(path, "img").shape == (20, 20, 4)
+    monkeypatch.setattr(potsdam, "MAX_MAT_ELEMENTS", 20 * 20 * 4 - 1)
+    with pytest.raises(DatasetFileError, match="tile.mat.*declares shape"):
+        potsdam.load_mat(path, "img")

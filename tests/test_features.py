@@ -438,6 +438,7 @@ STREAMER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.rss
 def test_streaming_a_store_larger_than_memory_stays_bounded(tmp_path):
     # 32 shards x 64 MiB = 2 GiB of float16 features (52 images of 384 x 40 x 40
     # each, like DINO ViT-S/8 on 320 x 320 crops), streamed under a 512 MiB cap
