@@ -1,6 +1,6 @@
 """Run the Python test suite against an ASan + UBSan build of the extension.
 
-    python tests/run_asan.py [pytest arguments]
+    python tests/run_asan.py [pytest options] [test paths (default: tests/)]
 
 Builds the package with PRIMAPS_SANITIZE=1 into a temporary folder (the
 environment's own install is left alone), puts that folder first on
@@ -35,14 +35,26 @@ def sanitizer_runtime() -> str:
     return path
 
 
+def _setuptools_major() -> int:
+    try:
+        from importlib.metadata import version
+
+        return int(version("setuptools").split(".")[0])
+    except Exception:
+        return 0
+
+
 def build(target: Path) -> None:
     env = dict(os.environ, PRIMAPS_SANITIZE="1")
     with tempfile.TemporaryDirectory() as src:
         # A copy of the sources: the build must not leave files in the repository.
         shutil.copytree(REPO, src, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
             ".venv*", ".git", "build", "*.so", "__pycache__", ".hypothesis", "benchmarks"))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                        "--no-build-isolation", "--target", str(target), src],
+        # the environment's own build tools when they are new enough (no
+        # download), else pip's isolated build
+        isolation = [] if _setuptools_major() < 77 else ["--no-build-isolation"]
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
+                        "--target", str(target), src],
                        check=True, env=env)
 
 
@@ -64,7 +76,9 @@ def main(argv: list[str]) -> int:
         pytest = [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))"]
         # tests that measure resident memory are deselected: ASan's
         # quarantine and shadow memory make RSS meaningless
-        cmd = pytest + ["-p", "no:cacheprovider", "-m", "not rss", str(REPO / "tests")] + argv
+        paths = [str(Path(a).resolve()) for a in argv if not a.startswith("-") and Path(a.split("::")[0]).exists()]
+        opts = [a for a in argv if a.startswith("-") or not Path(a.split("::")[0]).exists()]
+        cmd = pytest + ["-p", "no:cacheprovider", "-m", "not rss"] + opts + (paths or [str(REPO / "tests")])
         t0 = time.time()
         rc = subprocess.run(cmd, env=env, cwd=tmp).returncode
         print(f"run_asan: pytest under ASan + UBSan finished in {time.time() - t0:.0f} s "
