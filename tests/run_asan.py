@@ -25,14 +25,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sanitizer_runtime() -> str:
-    """The path of the compiler's libasan.so (what the extension links)."""
-    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], check=True,
+def _gcc_file(name: str) -> str:
+    out = subprocess.run(["gcc", f"-print-file-name={name}"], check=True,
                          capture_output=True, text=True).stdout.strip()
     path = os.path.realpath(out)
     if not os.path.isfile(path):
-        sys.exit(f"run_asan: the AddressSanitizer runtime was not found (gcc says {out!r})")
+        sys.exit(f"run_asan: {name} was not found (gcc says {out!r})")
     return path
+
+
+def sanitizer_runtime() -> str:
+    """LD_PRELOAD for the extension's libasan.  libstdc++ is preloaded with
+    it: ASan's __cxa_throw interceptor must find the real one at start-up,
+    or the first C++ exception of another extension (matplotlib's ft2font
+    throws one on import) stops the process in a CHECK failure."""
+    return " ".join([_gcc_file("libasan.so"), _gcc_file("libstdc++.so")])
 
 
 def _setuptools_major() -> int:

@@ -795,8 +795,9 @@ def _probe_fit(case: Case):
     feats = case.floats("features", [n, C, h, w], ndims=(3, 4), lists=False,
                         kinds=("wrong_type", "bad_dtype", "nonfinite", "ndim"))
     H, W = case.dim(1, 6), case.dim(1, 6)
+    # (features, None) is its own documented ValueError, as for PriMaPsEM
     labels = case.ids("labels", [n, H, W], 0, K - 1, also=(255,), ndims=(3,), lists=False,
-                      kinds=("wrong_type", "bad_dtype", "float_ids", "bad_value"))
+                      optional=True, kinds=("wrong_type", "bad_dtype", "float_ids", "bad_value"))
     epochs = _int_param(case, "epochs", 1, 2, [-1])
     partial = case.draw(st.booleans())
 
