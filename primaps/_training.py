@@ -131,6 +131,18 @@ def is_array_tuple(batches: Any) -> bool:
             and all(x is None or is_array(x) for x in batches))
 
 
+def check_not_half_arrays(batches: Any, names: tuple) -> None:
+    """A tuple whose first entry is an array is meant as whole arrays
+    (features, maps[, student_features]): an entry of another kind is a
+    TypeError naming it, not a misreading as an iterable of batches."""
+    if not (isinstance(batches, tuple) and 2 <= len(batches) <= 3 and is_array(batches[0])):
+        return
+    for name, x in zip(names, batches):
+        if x is not None and not is_array(x):
+            raise TypeError(f"{name} must be an array, got {type(x).__name__} (batches is a "
+                            f"tuple ({', '.join(names[:len(batches)])}) of arrays)")
+
+
 def as_features(x: Any, name: str = "features") -> np.ndarray:
     """x as an array with 4 axes (n, C, h, w), or 3 (C, h, w) made (1, C, h, w).
     A float32 C-contiguous array (or memmap) is returned as is: the kernels

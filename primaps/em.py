@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
+                        check_not_half_arrays,
                         check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
                         WorkspaceOwner, write_npz_atomic)
@@ -199,6 +200,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     def _source(self, batches: Any, what: str, need_maps: bool):
         """(ArraySource or None, the iterable) for `batches`."""
+        check_not_half_arrays(batches, ("features", "masks", "student_features"))
         if is_array_tuple(batches):
             if not need_maps:
                 return ArraySource(batches[0]), None

@@ -110,3 +110,13 @@ def test_permutohedral_filter_names_non_finite_features():
     f[3, 1] = np.inf
     with pytest.raises(ValueError, match="features contains NaN or inf"):
         _core.permutohedral_filter(f, np.ones((5, 1), np.float32))
+
+
+@pytest.mark.parametrize("bad", ["labels.png", {"a": 1}, object()])
+def test_a_tuple_of_features_and_a_non_array_names_the_entry(bad):
+    # it was read as an iterable of batches: "a batch came without maps"
+    f = np.zeros((2, 3, 2, 2), np.float32)
+    with pytest.raises(TypeError, match="labels must be an array, got"):
+        primaps.LinearProbe(2).fit((f, bad), verbose=False)
+    with pytest.raises(TypeError, match="masks must be an array, got"):
+        primaps.PriMaPsEM(2).fit((f, bad), verbose=False)
