@@ -154,6 +154,7 @@ def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_p
     want = np.load(whole / "result.npz")
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     kills = 0
+    saved = []
     for _ in range(KILLS):
         lines, finished = _kill_at_random(program, ["em.npz", "out.npz"], broken, seconds, rng)
         if finished:
@@ -166,6 +167,7 @@ def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_p
             assert (em.warmup_epoch_, em.epoch_) >= saved[-1]
         leftovers = [p.name for p in broken.iterdir() if p.name not in ("em.npz",)]
         assert all(n.startswith(".primaps-") for n in leftovers), leftovers
+    print(f"fit: {kills} kills, last checkpoint epochs {saved[-1] if kills and saved else None}")
     _run(program, ["em.npz", "out.npz"], broken)
     got = np.load(broken / "out.npz")
     for key in want.files:
@@ -187,10 +189,12 @@ def test_a_store_writer_killed_at_random_points_resumes_to_the_uninterrupted_sto
     seconds = _work_seconds(program, ["s"], whole)
     want = _store_contents(whole / "s")
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    kills = []
     for _ in range(KILLS):
         lines, finished = _kill_at_random(program, ["s"], broken, seconds, rng)
         if finished:
             break
+        kills.append(lines[-1] if lines else "before the first write")
         if not (broken / "s" / "index.json").exists():
             continue
         have = _store_contents(broken / "s")  # opens: the store is intact
@@ -203,6 +207,7 @@ def test_a_store_writer_killed_at_random_points_resumes_to_the_uninterrupted_sto
         for i, (f, m) in have.items():  # and what is there is right
             assert np.array_equal(f, want[i][0])
             assert m is None or np.array_equal(m, want[i][1])
+    print(f"store: {len(kills)} kills, after: {kills}")
     _run(program, ["s"], broken)
     got = _store_contents(broken / "s")
     assert list(got) == list(want)

@@ -109,6 +109,8 @@ def test_fuzz(entry):
 
 def fuzz_report() -> dict:
     """{entry: {"cases": n, "outcomes": {...}, "faults": {...}}}."""
-    return {name: {"cases": sum(c.values()), "outcomes": dict(c), "faults": dict(FAULTS[name])}
+    covers = {e.name: list(e.covers) for e in REGISTRY}
+    return {name: {"cases": sum(c.values()), "outcomes": dict(c), "faults": dict(FAULTS[name]),
+                   "covers": covers.get(name, [name])}
             for name, c in sorted(COUNTS.items())}
 

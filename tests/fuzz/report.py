@@ -28,13 +28,15 @@ FAULTS = {
 def main(path: str) -> None:
     with open(path, encoding="utf-8") as f:
         report = json.load(f)
-    print("| entry | cases | ok | TypeError | ValueError | MemoryError | faults tried (cases) |")
+    print("| entry (also covers) | cases | ok | TypeError | ValueError | MemoryError | faults tried (cases) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     total = 0
     for name, r in sorted(report.items()):
         o = r["outcomes"]
         faults = ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items()))
-        print(f"| `{name}` | {r['cases']} | {o.get('ok', 0)} | {o.get('TypeError', 0)} | "
+        also = ", ".join(f"`{c}`" for c in r.get("covers", [])[1:])
+        name_cell = f"`{name}`" + (f" ({also})" if also else "")
+        print(f"| {name_cell} | {r['cases']} | {o.get('ok', 0)} | {o.get('TypeError', 0)} | "
               f"{o.get('ValueError', 0)} | {o.get('MemoryError', 0)} | {faults} |")
         total += r["cases"]
     print(f"\n{total} cases in all.\n")
