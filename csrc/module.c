@@ -700,9 +700,24 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
         bt->B = PyArray_DIM(a->index, 0);
     }
     if (flip && flip != Py_None) {
-        /* any array of truth values: nonzero means mirrored */
+        /* any array of truth values (bool or numbers): nonzero means
+         * mirrored; strings, objects and the like are refused */
+        PyArrayObject *fl = any_array(flip, "flip", "an array of flags");
+        if (!fl) return -1;
+        const char kind = PyArray_DESCR(fl)->kind;
+        if (kind != 'b' && !numeric_kind(PyArray_DESCR(fl))) {
+            PyObject *s = PyObject_Str((PyObject *)PyArray_DESCR(fl));
+            PyErr_Format(PyExc_TypeError,
+                         "flip must be an array of flags (bool or numbers), got "
+                         "dtype %s",
+                         s ? PyUnicode_AsUTF8(s) : "?");
+            Py_XDECREF(s);
+            Py_DECREF(fl);
+            return -1;
+        }
         a->flip = (PyArrayObject *)PyArray_FROM_OTF(
-            flip, NPY_BOOL, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+            (PyObject *)fl, NPY_BOOL, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        Py_DECREF(fl);
         if (!a->flip) return -1;
         if (PyArray_NDIM(a->flip) != 1 || PyArray_DIM(a->flip, 0) != bt->B) {
             PyErr_Format(PyExc_ValueError,

@@ -120,3 +120,19 @@ def test_a_tuple_of_features_and_a_non_array_names_the_entry(bad):
         primaps.LinearProbe(2).fit((f, bad), verbose=False)
     with pytest.raises(TypeError, match="masks must be an array, got"):
         primaps.PriMaPsEM(2).fit((f, bad), verbose=False)
+
+
+@pytest.mark.parametrize("flip", ["yes", b"\x01", {"a": 1}, np.array(["1"])])
+def test_flip_flags_of_the_wrong_kind_are_a_type_error(flip):
+    # a string became a 0-d boolean array: "flip must have shape (1,) ... got ()"
+    ws, f, v, g = _batch()
+    with pytest.raises(TypeError, match="flip must be an array of flags"):
+        _core.teacher_pseudo(ws, f, np.ones((2, 4, 4), np.int32), v, flip=flip)
+
+
+def test_flip_flags_may_be_bools_or_numbers():
+    ws, f, v, g = _batch()
+    m = np.ones((2, 4, 4), np.int32)
+    want = _core.teacher_pseudo(ws, f, m, v, flip=np.array([True, False]))
+    for flip in ([1, 0], np.array([1.0, 0.0]), (True, False)):
+        assert np.array_equal(_core.teacher_pseudo(ws, f, m, v, flip=flip), want)
