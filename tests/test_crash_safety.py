@@ -111,34 +111,43 @@ def _run(program: str, args, cwd: Path) -> list:
     return out.split("\n")
 
 
-def _kill_at_random(program: str, args, cwd: Path, seconds: float, rng: random.Random):
-    """Start the writer, kill -9 it at a random moment of its work; the
-    lines it printed (each one after a durable write) and whether it
-    finished first."""
+def _kill_at_random(program: str, args, cwd: Path, writes: int, gap: float, rng: random.Random):
+    """Start the writer and kill -9 it at a random point: after a random
+    number (below `writes`, the writes it has left) of its reported writes
+    plus a random part of the mean time between two writes (`gap`), so the
+    kill lands between writes or inside one.  Returns the lines it printed
+    (each one after a durable write) and whether it finished first."""
     proc = _spawn(program, args, cwd)
+    lines = []
     try:
         first = proc.stdout.readline()
         assert first.strip() == "start", proc.stderr.read()
-        time.sleep(rng.uniform(0.0, seconds))
+        for _ in range(rng.randrange(max(writes - 1, 1))):  # a whole write is left
+            line = proc.stdout.readline().strip()
+            if not line:
+                break
+            lines.append(line)
+        time.sleep(rng.uniform(0.0, gap))
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-    lines = [ln for ln in out.split("\n") if ln]
+    lines += [ln for ln in out.split("\n") if ln]
     finished = "done" in lines
     assert finished or proc.returncode == -signal.SIGKILL, err
     return lines, finished
 
 
-def _work_seconds(program, args, cwd) -> float:
-    """How long the writer works after its imports (for the kill times)."""
+def _uninterrupted(program, args, cwd):
+    """The writer's reported writes and the mean time between two of them."""
     proc = _spawn(program, args, cwd)
     assert proc.stdout.readline().strip() == "start"
     t0 = time.perf_counter()
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    return time.perf_counter() - t0
+    writes = [ln for ln in out.split("\n") if ln and ln != "done"]
+    return writes, (time.perf_counter() - t0) / (len(writes) + 1)
 
 
 # ------------------------------------------------------------ kill tests
@@ -150,24 +159,28 @@ def test_a_fit_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_p
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir()
     broken.mkdir()
-    seconds = _work_seconds(program, ["em.npz", "result.npz"], whole)
+    writes, gap = _uninterrupted(program, ["em.npz", "result.npz"], whole)
     want = np.load(whole / "result.npz")
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     kills = 0
     saved = []
+    done = 0  # checkpoints written so far
     for _ in range(KILLS):
-        lines, finished = _kill_at_random(program, ["em.npz", "out.npz"], broken, seconds, rng)
+        lines, finished = _kill_at_random(program, ["em.npz", "out.npz"], broken,
+                                          len(writes) - done, gap, rng)
         if finished:
             break
         kills += 1
-        saved = [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("saved")]
+        saved = [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("saved")] or saved
         ckpt = broken / "em.npz"
         if saved:  # nothing written before the kill is lost
             em = primaps.PriMaPsEM.load(ckpt)
             assert (em.warmup_epoch_, em.epoch_) >= saved[-1]
+            done = sum(saved[-1])
         leftovers = [p.name for p in broken.iterdir() if p.name not in ("em.npz",)]
         assert all(n.startswith(".primaps-") for n in leftovers), leftovers
-    print(f"fit: {kills} kills, last checkpoint epochs {saved[-1] if kills and saved else None}")
+    print(f"\nfit: {kills} kills, last checkpoint (warm-up, EM epochs) {saved[-1] if saved else None}")
+    assert kills >= 1, "the writer finished before any kill: the run is too short to test"
     _run(program, ["em.npz", "out.npz"], broken)
     got = np.load(broken / "out.npz")
     for key in want.files:
@@ -186,15 +199,17 @@ def test_a_store_writer_killed_at_random_points_resumes_to_the_uninterrupted_sto
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir()
     broken.mkdir()
-    seconds = _work_seconds(program, ["s"], whole)
+    writes, gap = _uninterrupted(program, ["s"], whole)
     want = _store_contents(whole / "s")
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     kills = []
+    done = 0
     for _ in range(KILLS):
-        lines, finished = _kill_at_random(program, ["s"], broken, seconds, rng)
+        lines, finished = _kill_at_random(program, ["s"], broken, len(writes) - done, gap, rng)
         if finished:
             break
         kills.append(lines[-1] if lines else "before the first write")
+        done += len(lines)
         if not (broken / "s" / "index.json").exists():
             continue
         have = _store_contents(broken / "s")  # opens: the store is intact
@@ -207,7 +222,8 @@ def test_a_store_writer_killed_at_random_points_resumes_to_the_uninterrupted_sto
         for i, (f, m) in have.items():  # and what is there is right
             assert np.array_equal(f, want[i][0])
             assert m is None or np.array_equal(m, want[i][1])
-    print(f"store: {len(kills)} kills, after: {kills}")
+    print(f"\nstore: {len(kills)} kills, after: {kills}")
+    assert kills, "the writer finished before any kill: the run is too short to test"
     _run(program, ["s"], broken)
     got = _store_contents(broken / "s")
     assert list(got) == list(want)
