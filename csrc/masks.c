@@ -40,9 +40,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef PM_MASKS_STATS
+#include <time.h>
+long pm_stat_steps, pm_stat_calls, pm_stat_fallback;
+double pm_stat_t[8];
+static double now_s(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+#define TSTART t_0_ = now_s()
+#define TSTOP(i) pm_stat_t[i] += now_s() - t_0_
+static _Thread_local double t_0_;
+#else
+#define TSTART
+#define TSTOP(i)
+#endif
 /* Lanczos: Krylov dimension per restart, restarts, and the tolerance. */
-#define PM_LANCZOS_DIM 40
-#define PM_LANCZOS_RESTARTS 6
+#define PM_LANCZOS_DIM 64
+#define PM_LANCZOS_RESTARTS 4
 #define PM_LANCZOS_TOL 1e-10
 /* Down-dates of at most this many pixels are rank-1 DSYR steps. */
 #define PM_DSYR_MAX 4
@@ -77,7 +89,8 @@ int pm_masks_check_params(const pm_masks_params *p)
 
 typedef struct {
     int64_t C, N, m;    /* channels, pixels, Krylov dimension */
-    float *Fn, *X, *R;  /* (N, C) unit rows of U, centred rows of U, removed */
+    float *Fn, *X;      /* (N, C) unit rows of U, centred rows of U */
+    float *rowf;        /* (C,) */
     float *T;           /* (C, C) float32 SYRK result */
     float *s, *sim, *vf;/* (N,), (N,), (C,) */
     int64_t *idx;       /* (N,) pixel index of each row of U */
@@ -102,7 +115,7 @@ static void *amalloc(size_t bytes)
 
 static void ws_free(ws_t *ws)
 {
-    void *bufs[] = {ws->Fn,  ws->X,     ws->R,      ws->T,   ws->s,
+    void *bufs[] = {ws->Fn,  ws->X,     ws->rowf,      ws->T,   ws->s,
                     ws->sim, ws->vf,    ws->idx,    ws->S,   ws->t,
                     ws->v,   ws->Q,     ws->w,      ws->h,   ws->al,
                     ws->be,  ws->tri,   ws->y,      ws->ev,  ws->work,
@@ -124,7 +137,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->m = m;
     ws->Fn = amalloc(n * c * sizeof(float));
     ws->X = amalloc(n * c * sizeof(float));
-    ws->R = amalloc(n * c * sizeof(float));
+    ws->rowf = amalloc(c * sizeof(float));
     ws->T = amalloc(c * c * sizeof(float));
     ws->s = amalloc(n * sizeof(float));
     ws->sim = amalloc(n * sizeof(float));
@@ -138,7 +151,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->h = amalloc((mm + 1) * sizeof(double));
     ws->al = amalloc(mm * sizeof(double));
     ws->be = amalloc(mm * sizeof(double));
-    ws->tri = amalloc(mm * mm * sizeof(double));
+    ws->tri = amalloc(2 * mm * sizeof(double));
     ws->y = amalloc(mm * sizeof(double));
     ws->ev = amalloc(mm * sizeof(double));
     ws->work = amalloc(26 * mm * sizeof(double));
@@ -154,7 +167,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->bg = amalloc(n * sizeof(float));
     ws->win = amalloc(K2 * sizeof(float));
     ws->wown = amalloc(K2 * sizeof(int32_t));
-    if (!ws->Fn || !ws->X || !ws->R || !ws->T || !ws->s || !ws->sim ||
+    if (!ws->Fn || !ws->X || !ws->rowf || !ws->T || !ws->s || !ws->sim ||
         !ws->vf || !ws->idx || !ws->S || !ws->t || !ws->v || !ws->Q ||
         !ws->w || !ws->h || !ws->al || !ws->be || !ws->tri || !ws->y ||
         !ws->ev || !ws->work || !ws->iwork || !ws->isuppz || !ws->rowd ||
@@ -171,48 +184,59 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
 /* ------------------------------------------------------------------------ */
 
 /* F: (C, N) channel-first features of one image. */
-static int prepare(ws_t *ws, const float *F)
+static int prepare(ws_t *ws, const float *restrict F)
 {
     const int64_t C = ws->C, N = ws->N;
-    double *sumsq = ws->sumsq, *colsum = ws->colsum;
-    float maxabs = 0.0f;
+    double *restrict sumsq = ws->sumsq, *restrict colsum = ws->colsum;
     for (int64_t p = 0; p < N; p++) sumsq[p] = 0.0;
     for (int64_t c = 0; c < C; c++) {
-        const float *row = F + c * N;
-        double cs = 0.0;
-        for (int64_t p = 0; p < N; p++) {
+        const float *restrict row = F + c * N;
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t p = 0;
+        for (; p + 8 <= N; p += 8)
+            for (int l = 0; l < 8; l++) {
+                const double x = row[p + l];
+                sumsq[p + l] += x * x;
+                acc[l] += x;
+            }
+        for (; p < N; p++) {
             const double x = row[p];
             sumsq[p] += x * x;
-            cs += x;
-            const float a = fabsf(row[p]);
-            if (a > maxabs) maxabs = a;
+            acc[0] += x;
         }
-        colsum[c] = cs;
+        colsum[c] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                    ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
+    /* A float squared is finite in double: a non-finite sum means a NaN or
+     * an inf in the input. */
+    double maxsq = 0.0;
     for (int64_t p = 0; p < N; p++) {
-        /* A float squared is finite in double: a non-finite sum means a
-         * NaN or an inf in the input. */
         if (!isfinite(sumsq[p])) return PM_ERR_NONFINITE;
-        sumsq[p] = sumsq[p] > 0.0 ? 1.0 / sqrt(sumsq[p]) : 0.0;
+        if (sumsq[p] > maxsq) maxsq = sumsq[p];
     }
-    /* X = (F - mean) * 2^-e with max |F| * 2^-e in [0.5, 1): exact scaling,
-     * products and sums of products stay far from float32's range. */
+    /* X = F * 2^-e - mean with the largest pixel norm * 2^-e in [0.5, 1):
+     * the scaling is exact, and products of X and their sums stay far from
+     * float32's range whatever the input's magnitude. */
     int e = 0;
-    if (maxabs > 0.0f) frexpf(maxabs, &e);
+    if (maxsq > 0.0) frexp(sqrt(maxsq), &e);
     const double scale = ldexp(1.0, -e);
-    for (int64_t c = 0; c < C; c++) colsum[c] = colsum[c] / (double)N * scale;
-    const int64_t TB = 32;
+    float *restrict inv = ws->sim, *restrict mean = ws->vf;
+    for (int64_t p = 0; p < N; p++)
+        inv[p] = sumsq[p] > 0.0 ? (float)(1.0 / sqrt(sumsq[p])) : 0.0f;
+    for (int64_t c = 0; c < C; c++) mean[c] = (float)(colsum[c] / (double)N * scale);
+    const float sc = (float)scale;
+    const int64_t TB = 16;
     for (int64_t p0 = 0; p0 < N; p0 += TB) {
         const int64_t p1 = p0 + TB < N ? p0 + TB : N;
         for (int64_t c0 = 0; c0 < C; c0 += TB) {
             const int64_t c1 = c0 + TB < C ? c0 + TB : C;
             for (int64_t p = p0; p < p1; p++) {
-                float *fn = ws->Fn + p * C, *x = ws->X + p * C;
-                const double inv = sumsq[p];
+                float *restrict fn = ws->Fn + p * C, *restrict x = ws->X + p * C;
+                const float ip = inv[p];
                 for (int64_t c = c0; c < c1; c++) {
-                    const double f = F[c * N + p];
-                    fn[c] = (float)(f * inv);
-                    x[c] = (float)(f * scale - colsum[c]);
+                    const float f = F[c * N + p];
+                    fn[c] = f * ip;
+                    x[c] = f * sc - mean[c];
                 }
             }
         }
@@ -231,34 +255,36 @@ static void cov_from_rows(ws_t *ws, const float *X, int64_t n)
     const int64_t C = ws->C;
     pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, (blasint)C,
                    (blasint)n, 1.0f, X, (blasint)C, 0.0f, ws->T, (blasint)C);
+    double *restrict S = ws->S, *restrict t = ws->t;
+    const float *restrict T = ws->T;
     for (int64_t j = 0; j < C; j++)
-        for (int64_t i = j; i < C; i++) ws->S[j * C + i] = ws->T[j * C + i];
-    for (int64_t c = 0; c < C; c++) ws->t[c] = 0.0;
+        for (int64_t i = j; i < C; i++) S[j * C + i] = T[j * C + i];
+    for (int64_t c = 0; c < C; c++) t[c] = 0.0;
     for (int64_t r = 0; r < n; r++)
-        for (int64_t c = 0; c < C; c++) ws->t[c] += X[r * C + c];
+        for (int64_t c = 0; c < C; c++) t[c] += X[r * C + c];
 }
 
 /* S -= sum of x x^T over the k removed rows R; t -= their sum. */
-static void cov_downdate(ws_t *ws, int64_t k)
+static void cov_downdate(ws_t *ws, const float *restrict R, int64_t k)
 {
     const int64_t C = ws->C;
-    const float *R = ws->R;
+    double *restrict S = ws->S, *restrict t = ws->t;
+    const float *restrict T = ws->T;
     if (k <= PM_DSYR_MAX) {
         for (int64_t r = 0; r < k; r++) {
             for (int64_t c = 0; c < C; c++) ws->rowd[c] = R[r * C + c];
             pm_cblas_dsyr(CblasColMajor, CblasLower, (blasint)C, -1.0,
-                          ws->rowd, 1, ws->S, (blasint)C);
+                          ws->rowd, 1, S, (blasint)C);
         }
     } else {
         pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, (blasint)C,
                        (blasint)k, 1.0f, R, (blasint)C, 0.0f, ws->T,
                        (blasint)C);
         for (int64_t j = 0; j < C; j++)
-            for (int64_t i = j; i < C; i++)
-                ws->S[j * C + i] -= ws->T[j * C + i];
+            for (int64_t i = j; i < C; i++) S[j * C + i] -= T[j * C + i];
     }
     for (int64_t r = 0; r < k; r++)
-        for (int64_t c = 0; c < C; c++) ws->t[c] -= R[r * C + c];
+        for (int64_t c = 0; c < C; c++) t[c] -= R[r * C + c];
 }
 
 /* y = A_U x = S x - t (t . x) / n. */
@@ -276,22 +302,19 @@ static void cov_apply(ws_t *ws, int64_t n, const double *x, double *y)
 /* ------------------------------------------------------------------------ */
 
 /* The largest eigenpair (theta, y) of the symmetric tridiagonal k x k
- * matrix with diagonal al and off-diagonal be, by LAPACK dsyevr. */
+ * matrix with diagonal al and off-diagonal be, by LAPACK dstevr (O(k)). */
 static int tri_top(ws_t *ws, int64_t k, double *theta)
 {
-    double *T = ws->tri;
-    for (int64_t i = 0; i < k * k; i++) T[i] = 0.0;
-    for (int64_t i = 0; i < k; i++) {
-        T[i * k + i] = ws->al[i];
-        if (i + 1 < k) T[i * k + i + 1] = ws->be[i];
-    }
-    const blasint n = (blasint)k, lwork = (blasint)(26 * ws->m),
+    double *d = ws->tri, *e = ws->tri + ws->m;
+    memcpy(d, ws->al, (size_t)k * sizeof(double));
+    memcpy(e, ws->be, (size_t)k * sizeof(double));
+    const blasint n = (blasint)k, lwork = (blasint)(20 * ws->m),
                   liwork = (blasint)(10 * ws->m);
     blasint found = 0, info = 0;
     const double zero = 0.0, abstol = 0.0;
-    pm_lapack_dsyevr("V", "I", "L", &n, T, &n, &zero, &zero, &n, &n, &abstol,
+    pm_lapack_dstevr("V", "I", &n, d, e, &zero, &zero, &n, &n, &abstol,
                      &found, ws->ev, ws->y, &n, ws->isuppz, ws->work, &lwork,
-                     ws->iwork, &liwork, &info, 1, 1, 1);
+                     ws->iwork, &liwork, &info, 1, 1);
     if (info != 0 || found != 1) return PM_ERR_BLAS;
     *theta = ws->ev[0];
     return PM_OK;
@@ -349,6 +372,9 @@ static int direction_dense(ws_t *ws, int64_t n)
  */
 static int principal_direction(ws_t *ws, int64_t n, int warm)
 {
+#ifdef PM_MASKS_STATS
+    pm_stat_calls++;
+#endif
     const int64_t C = ws->C, m = ws->m;
     double *Q = ws->Q, *w = ws->w, *v = ws->v;
     if (!warm) {
@@ -373,6 +399,9 @@ static int principal_direction(ws_t *ws, int64_t n, int warm)
         for (int64_t j = 0; j < m; j++) {
             double *q = Q + j * C;
             cov_apply(ws, n, q, w);
+#ifdef PM_MASKS_STATS
+            pm_stat_steps++;
+#endif
             ws->al[j] = pm_cblas_ddot((blasint)C, q, 1, w, 1);
             /* w -= Q_{0..j} (Q_{0..j}^T w), twice: the three-term
              * recurrence is contained in it, and two passes keep the basis
@@ -405,6 +434,9 @@ static int principal_direction(ws_t *ws, int64_t n, int warm)
             for (int64_t c = 0; c < C; c++) Q[(j + 1) * C + c] = w[c] / ws->be[j];
         }
     }
+#ifdef PM_MASKS_STATS
+    pm_stat_fallback++;
+#endif
     return direction_dense(ws, n);
 }
 
@@ -423,33 +455,32 @@ static int64_t first_argmax(const float *s, const int64_t *idx, int64_t n)
     return best;
 }
 
-/* Removes the rows flagged in keep (sim[r] >= thr) from U: they are copied
- * to R (for the down-date) and their slots refilled from the tail.
- * Returns the number removed. */
-static int64_t remove_rows(ws_t *ws, int64_t *n_io, const unsigned char *drop)
+/* Removes the rows flagged in drop from U: a partition that leaves the kept
+ * rows in [0, n - k) and the k removed rows of X in [n - k, n) (for the
+ * down-date), moving only rows from the tail into holes, O(k * C).
+ * Returns k. */
+static int64_t remove_rows(ws_t *ws, int64_t *n_io, unsigned char *drop)
 {
     const int64_t C = ws->C;
+    const size_t row = (size_t)C * sizeof(float);
     int64_t n = *n_io, k = 0;
-    /* Gather first (the tail rows move below). */
-    for (int64_t r = 0; r < n; r++)
-        if (drop[r]) {
-            memcpy(ws->R + k * C, ws->X + r * C, (size_t)C * sizeof(float));
-            k++;
-        }
+    for (int64_t r = 0; r < n; r++) k += drop[r] != 0;
     int64_t r = 0, end = n;
     while (r < end) {
         if (!drop[r]) {
             r++;
             continue;
         }
-        /* find the last kept row */
-        while (end > r + 1 && drop[end - 1]) end--;
-        end--;
-        if (end > r) {
-            memcpy(ws->X + r * C, ws->X + end * C, (size_t)C * sizeof(float));
-            memcpy(ws->Fn + r * C, ws->Fn + end * C, (size_t)C * sizeof(float));
-            ws->idx[r] = ws->idx[end];
-        }
+        while (end - 1 > r && drop[end - 1]) end--;
+        if (end - 1 <= r) break; /* no kept row after r */
+        const int64_t j = end - 1;
+        memcpy(ws->rowf, ws->X + r * C, row);
+        memcpy(ws->X + r * C, ws->X + j * C, row);
+        memcpy(ws->X + j * C, ws->rowf, row);
+        memcpy(ws->Fn + r * C, ws->Fn + j * C, row);
+        ws->idx[r] = ws->idx[j];
+        drop[j] = 1;
+        end = j;
         r++;
     }
     *n_io = n - k;
@@ -470,11 +501,17 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
         ws->own0[q] = 0;
         ws->val0[q] = 0.0f;
     }
-    cov_from_rows(ws, ws->X, N);
+    {
+        TSTART;
+        cov_from_rows(ws, ws->X, N);
+        TSTOP(1);
+    }
     const float psi = (float)p->threshold;
     while ((double)assigned / (double)N < p->stop_fraction && n > 0 &&
            (p->max_masks == 0 || count < p->max_masks) && still < 2) {
+        TSTART;
         int st = principal_direction(ws, n, count > 0);
+        TSTOP(2);
         if (st != PM_OK) return st;
         for (int64_t c = 0; c < C; c++) ws->vf[c] = (float)ws->v[c];
         /* s = F^_U v and the sign rule. */
@@ -518,12 +555,17 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
         const int64_t k = remove_rows(ws, &n, drop);
         assigned += k;
         still = k == 0 ? still + 1 : 0;
-        if (n > 0 && k > 0) {
+        TSTART;
+        const int more = (double)assigned / (double)N < p->stop_fraction &&
+                         (p->max_masks == 0 || count < p->max_masks) &&
+                         still < 2;
+        if (more && n > 0 && k > 0) {
             if (k > n)
                 cov_from_rows(ws, ws->X, n);
             else
-                cov_downdate(ws, k);
+                cov_downdate(ws, ws->X + n * C, k);
         }
+        TSTOP(3);
     }
     *n_masks = count;
     return PM_OK;
@@ -727,11 +769,17 @@ static int one_image(ws_t *ws, const float *F, int64_t h, int64_t w,
                      int64_t *n_ids)
 {
     const int64_t N = h * w;
-    int st = prepare(ws, F);
+    int st;
+    {
+        TSTART;
+        st = prepare(ws, F);
+        TSTOP(0);
+    }
     if (st != PM_OK) return st;
     int64_t n = 0;
     st = propose(ws, p, &n);
     if (st != PM_OK) return st;
+    TSTART;
     median_masks(ws, h, w, p->median_size);
     const float lev = gain_background(ws, N, (float)p->gain);
     int64_t npix;
@@ -749,6 +797,7 @@ static int one_image(ws_t *ws, const float *F, int64_t h, int64_t w,
     free(lut);
     if (owner) memcpy(owner, ws->own, (size_t)N * sizeof(int32_t));
     if (value) memcpy(value, ws->val, (size_t)N * sizeof(float));
+    TSTOP(4);
     if (level) *level = lev;
     if (n_prop) *n_prop = n;
     if (n_ids) *n_ids = ids;
