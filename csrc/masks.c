@@ -220,11 +220,12 @@ static int prepare(ws_t *ws, const float *restrict F)
     int e = 0;
     if (maxsq > 0.0) frexp(sqrt(maxsq), &e);
     const double scale = ldexp(1.0, -e);
-    float *restrict inv = ws->sim, *restrict mean = ws->vf;
+    double *restrict inv = sumsq, *restrict mean = colsum;
     for (int64_t p = 0; p < N; p++)
-        inv[p] = sumsq[p] > 0.0 ? (float)(1.0 / sqrt(sumsq[p])) : 0.0f;
-    for (int64_t c = 0; c < C; c++) mean[c] = (float)(colsum[c] / (double)N * scale);
-    const float sc = (float)scale;
+        inv[p] = sumsq[p] > 0.0 ? 1.0 / sqrt(sumsq[p]) : 0.0;
+    for (int64_t c = 0; c < C; c++) mean[c] = colsum[c] / (double)N * scale;
+    /* In double: 1 / ||F_p|| and 2^-e leave float32's range for tiny or
+     * subnormal features. */
     const int64_t TB = 16;
     for (int64_t p0 = 0; p0 < N; p0 += TB) {
         const int64_t p1 = p0 + TB < N ? p0 + TB : N;
@@ -232,11 +233,11 @@ static int prepare(ws_t *ws, const float *restrict F)
             const int64_t c1 = c0 + TB < C ? c0 + TB : C;
             for (int64_t p = p0; p < p1; p++) {
                 float *restrict fn = ws->Fn + p * C, *restrict x = ws->X + p * C;
-                const float ip = inv[p];
+                const double ip = inv[p];
                 for (int64_t c = c0; c < c1; c++) {
-                    const float f = F[c * N + p];
-                    fn[c] = f * ip;
-                    x[c] = f * sc - mean[c];
+                    const double f = F[c * N + p];
+                    fn[c] = (float)(f * ip);
+                    x[c] = (float)(f * scale - mean[c]);
                 }
             }
         }
