@@ -4,10 +4,13 @@
  * One image at a time, one image per thread of the package's pool; BLAS is
  * single-threaded inside.  Per image:
  *
- *   prepare     the features transposed to pixel-major rows: F^ (unit rows,
- *               for the similarities) and X (raw rows scaled by a power of
- *               two and centred on the image mean; the covariance does not
- *               see either change, and float32 products cannot overflow);
+ *   prepare     F^ (unit pixel vectors, for the similarities) and X (raw
+ *               features scaled by a power of two and centred on the image
+ *               mean; the covariance sees neither change, and float32
+ *               products cannot overflow), both (C, N) channel-major like
+ *               the input, so that they are written with contiguous,
+ *               vectorised loops and U's pixels are a prefix [0, n) of the
+ *               columns;
  *   covariance  A_U = S_U - t_U t_U^T / |U| with S_U = sum_{p in U} x_p x_p^T
  *               and t_U = sum_{p in U} x_p, held in double.  S is computed
  *               once (SSYRK) and down-dated as pixels leave U: rank-1 DSYR
@@ -18,9 +21,10 @@
  *   direction   the leading eigenvector of A_U by Lanczos iteration (below),
  *               warm-started from the previous direction;
  *   mask        s = F^_U v (sign rule, first-index argmax), m = F^_U u,
- *               threshold, removal from U by swapping rows from the tail
- *               (O(removed * C), not a rescan); pixel indices travel with
- *               the rows so that ties still go to the first pixel index;
+ *               threshold, removal from U by moving columns from the tail
+ *               into the holes (O(removed * C), not a rescan); pixel
+ *               indices travel with the columns so that ties still go to
+ *               the first pixel index;
  *   post        median filter, gain, background, argmax (or the fused
  *               bilinear upsampling and argmax), renumbering.
  *
@@ -40,22 +44,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef PM_MASKS_STATS
-#include <time.h>
-long pm_stat_steps, pm_stat_calls, pm_stat_fallback;
-double pm_stat_t[8];
-static double now_s(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
-#define TSTART t_0_ = now_s()
-#define TSTOP(i) pm_stat_t[i] += now_s() - t_0_
-static _Thread_local double t_0_;
-#else
-#define TSTART
-#define TSTOP(i)
-#endif
 /* Lanczos: Krylov dimension per restart, restarts, and the tolerance. */
 #define PM_LANCZOS_DIM 64
 #define PM_LANCZOS_RESTARTS 4
-#define PM_LANCZOS_TOL 1e-10
+#define PM_LANCZOS_TOL 1e-9
 /* Down-dates of at most this many pixels are rank-1 DSYR steps. */
 #define PM_DSYR_MAX 4
 #define PM_MEDIAN_MAX 63
@@ -89,8 +81,8 @@ int pm_masks_check_params(const pm_masks_params *p)
 
 typedef struct {
     int64_t C, N, m;    /* channels, pixels, Krylov dimension */
-    float *Fn, *X;      /* (N, C) unit rows of U, centred rows of U */
-    float *rowf;        /* (C,) */
+    float *Fn, *X;      /* (C, N): unit and centred features, U = [0, n) */
+    int64_t *mv;        /* (2N,) column moves of a removal */
     float *T;           /* (C, C) float32 SYRK result */
     float *s, *sim, *vf;/* (N,), (N,), (C,) */
     int64_t *idx;       /* (N,) pixel index of each row of U */
@@ -115,7 +107,7 @@ static void *amalloc(size_t bytes)
 
 static void ws_free(ws_t *ws)
 {
-    void *bufs[] = {ws->Fn,  ws->X,     ws->rowf,      ws->T,   ws->s,
+    void *bufs[] = {ws->Fn,  ws->X,     ws->mv,      ws->T,   ws->s,
                     ws->sim, ws->vf,    ws->idx,    ws->S,   ws->t,
                     ws->v,   ws->Q,     ws->w,      ws->h,   ws->al,
                     ws->be,  ws->tri,   ws->y,      ws->ev,  ws->work,
@@ -137,7 +129,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->m = m;
     ws->Fn = amalloc(n * c * sizeof(float));
     ws->X = amalloc(n * c * sizeof(float));
-    ws->rowf = amalloc(c * sizeof(float));
+    ws->mv = amalloc(2 * n * sizeof(int64_t));
     ws->T = amalloc(c * c * sizeof(float));
     ws->s = amalloc(n * sizeof(float));
     ws->sim = amalloc(n * sizeof(float));
@@ -167,7 +159,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->bg = amalloc(n * sizeof(float));
     ws->win = amalloc(K2 * sizeof(float));
     ws->wown = amalloc(K2 * sizeof(int32_t));
-    if (!ws->Fn || !ws->X || !ws->rowf || !ws->T || !ws->s || !ws->sim ||
+    if (!ws->Fn || !ws->X || !ws->mv || !ws->T || !ws->s || !ws->sim ||
         !ws->vf || !ws->idx || !ws->S || !ws->t || !ws->v || !ws->Q ||
         !ws->w || !ws->h || !ws->al || !ws->be || !ws->tri || !ws->y ||
         !ws->ev || !ws->work || !ws->iwork || !ws->isuppz || !ws->rowd ||
@@ -226,20 +218,14 @@ static int prepare(ws_t *ws, const float *restrict F)
     for (int64_t c = 0; c < C; c++) mean[c] = colsum[c] / (double)N * scale;
     /* In double: 1 / ||F_p|| and 2^-e leave float32's range for tiny or
      * subnormal features. */
-    const int64_t TB = 16;
-    for (int64_t p0 = 0; p0 < N; p0 += TB) {
-        const int64_t p1 = p0 + TB < N ? p0 + TB : N;
-        for (int64_t c0 = 0; c0 < C; c0 += TB) {
-            const int64_t c1 = c0 + TB < C ? c0 + TB : C;
-            for (int64_t p = p0; p < p1; p++) {
-                float *restrict fn = ws->Fn + p * C, *restrict x = ws->X + p * C;
-                const double ip = inv[p];
-                for (int64_t c = c0; c < c1; c++) {
-                    const double f = F[c * N + p];
-                    fn[c] = (float)(f * ip);
-                    x[c] = (float)(f * scale - mean[c]);
-                }
-            }
+    for (int64_t c = 0; c < C; c++) {
+        const float *restrict row = F + c * N;
+        float *restrict fn = ws->Fn + c * N, *restrict x = ws->X + c * N;
+        const double mc = mean[c];
+        for (int64_t p = 0; p < N; p++) {
+            const double f = row[p];
+            fn[p] = (float)(f * inv[p]);
+            x[p] = (float)(f * scale - mc);
         }
     }
     for (int64_t p = 0; p < N; p++) ws->idx[p] = p;
@@ -250,42 +236,57 @@ static int prepare(ws_t *ws, const float *restrict F)
 /* Covariance of U                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* S = sum of x x^T over the n rows of X (lower triangle), t = sum of x. */
-static void cov_from_rows(ws_t *ws, const float *X, int64_t n)
+/* The sum over pixels p0 <= p < p0 + n of x_p: t (C,). */
+static void column_sum(const ws_t *ws, int64_t p0, int64_t n, double *t)
+{
+    const int64_t N = ws->N;
+    for (int64_t c = 0; c < ws->C; c++) {
+        const float *restrict x = ws->X + c * N + p0;
+        double acc[4] = {0, 0, 0, 0};
+        int64_t p = 0;
+        for (; p + 4 <= n; p += 4)
+            for (int l = 0; l < 4; l++) acc[l] += x[p + l];
+        for (; p < n; p++) acc[0] += x[p];
+        t[c] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+/* S = sum of x x^T over the pixels [0, n) (lower triangle), t = sum of x. */
+static void cov_from_rows(ws_t *ws, int64_t n)
 {
     const int64_t C = ws->C;
-    pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, (blasint)C,
-                   (blasint)n, 1.0f, X, (blasint)C, 0.0f, ws->T, (blasint)C);
-    double *restrict S = ws->S, *restrict t = ws->t;
+    pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, (blasint)C,
+                   (blasint)n, 1.0f, ws->X, (blasint)ws->N, 0.0f, ws->T,
+                   (blasint)C);
+    double *restrict S = ws->S;
     const float *restrict T = ws->T;
     for (int64_t j = 0; j < C; j++)
         for (int64_t i = j; i < C; i++) S[j * C + i] = T[j * C + i];
-    for (int64_t c = 0; c < C; c++) t[c] = 0.0;
-    for (int64_t r = 0; r < n; r++)
-        for (int64_t c = 0; c < C; c++) t[c] += X[r * C + c];
+    column_sum(ws, 0, n, ws->t);
 }
 
-/* S -= sum of x x^T over the k removed rows R; t -= their sum. */
-static void cov_downdate(ws_t *ws, const float *restrict R, int64_t k)
+/* S -= sum of x x^T over the k removed pixels [p0, p0 + k); t -= their
+ * sum. */
+static void cov_downdate(ws_t *ws, int64_t p0, int64_t k)
 {
-    const int64_t C = ws->C;
+    const int64_t C = ws->C, N = ws->N;
     double *restrict S = ws->S, *restrict t = ws->t;
     const float *restrict T = ws->T;
     if (k <= PM_DSYR_MAX) {
-        for (int64_t r = 0; r < k; r++) {
-            for (int64_t c = 0; c < C; c++) ws->rowd[c] = R[r * C + c];
+        for (int64_t r = p0; r < p0 + k; r++) {
+            for (int64_t c = 0; c < C; c++) ws->rowd[c] = ws->X[c * N + r];
             pm_cblas_dsyr(CblasColMajor, CblasLower, (blasint)C, -1.0,
                           ws->rowd, 1, S, (blasint)C);
         }
     } else {
-        pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, (blasint)C,
-                       (blasint)k, 1.0f, R, (blasint)C, 0.0f, ws->T,
+        pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, (blasint)C,
+                       (blasint)k, 1.0f, ws->X + p0, (blasint)N, 0.0f, ws->T,
                        (blasint)C);
         for (int64_t j = 0; j < C; j++)
             for (int64_t i = j; i < C; i++) S[j * C + i] -= T[j * C + i];
     }
-    for (int64_t r = 0; r < k; r++)
-        for (int64_t c = 0; c < C; c++) t[c] -= R[r * C + c];
+    column_sum(ws, p0, k, ws->rowd);
+    for (int64_t c = 0; c < C; c++) t[c] -= ws->rowd[c];
 }
 
 /* y = A_U x = S x - t (t . x) / n. */
@@ -364,7 +365,7 @@ static int direction_dense(ws_t *ws, int64_t n)
  * Convergence test, after every Lanczos step j: with (theta, y) the largest
  * Ritz pair of the tridiagonal T_j, the residual of the Ritz vector z = Q y
  * is exactly ||A z - theta z|| = beta_j |y_j|; stop when it is at most
- * 1e-10 * |theta| (or theta = 0, the zero matrix).  By the Davis-Kahan
+ * 1e-9 * |theta| (or theta = 0, the zero matrix).  By the Davis-Kahan
  * bound the angle to the true eigenvector is then at most that residual
  * over the eigengap.  If PM_LANCZOS_RESTARTS restarts of PM_LANCZOS_DIM
  * steps do not reach it (a near-multiple leading eigenvalue), LAPACK's
@@ -373,9 +374,6 @@ static int direction_dense(ws_t *ws, int64_t n)
  */
 static int principal_direction(ws_t *ws, int64_t n, int warm)
 {
-#ifdef PM_MASKS_STATS
-    pm_stat_calls++;
-#endif
     const int64_t C = ws->C, m = ws->m;
     double *Q = ws->Q, *w = ws->w, *v = ws->v;
     if (!warm) {
@@ -400,9 +398,6 @@ static int principal_direction(ws_t *ws, int64_t n, int warm)
         for (int64_t j = 0; j < m; j++) {
             double *q = Q + j * C;
             cov_apply(ws, n, q, w);
-#ifdef PM_MASKS_STATS
-            pm_stat_steps++;
-#endif
             ws->al[j] = pm_cblas_ddot((blasint)C, q, 1, w, 1);
             /* w -= Q_{0..j} (Q_{0..j}^T w), twice: the three-term
              * recurrence is contained in it, and two passes keep the basis
@@ -435,9 +430,6 @@ static int principal_direction(ws_t *ws, int64_t n, int warm)
             for (int64_t c = 0; c < C; c++) Q[(j + 1) * C + c] = w[c] / ws->be[j];
         }
     }
-#ifdef PM_MASKS_STATS
-    pm_stat_fallback++;
-#endif
     return direction_dense(ws, n);
 }
 
@@ -456,15 +448,15 @@ static int64_t first_argmax(const float *s, const int64_t *idx, int64_t n)
     return best;
 }
 
-/* Removes the rows flagged in drop from U: a partition that leaves the kept
- * rows in [0, n - k) and the k removed rows of X in [n - k, n) (for the
- * down-date), moving only rows from the tail into holes, O(k * C).
- * Returns k. */
+/* Removes the pixels flagged in drop from U: a partition that leaves the
+ * kept pixels in columns [0, n - k) and the k removed ones of X in
+ * [n - k, n) (for the down-date), moving only columns from the tail into
+ * holes, O(k * C), channel by channel.  Returns k. */
 static int64_t remove_rows(ws_t *ws, int64_t *n_io, unsigned char *drop)
 {
-    const int64_t C = ws->C;
-    const size_t row = (size_t)C * sizeof(float);
-    int64_t n = *n_io, k = 0;
+    const int64_t C = ws->C, N = ws->N;
+    int64_t n = *n_io, k = 0, moves = 0;
+    int64_t *mv = ws->mv;
     for (int64_t r = 0; r < n; r++) k += drop[r] != 0;
     int64_t r = 0, end = n;
     while (r < end) {
@@ -473,16 +465,25 @@ static int64_t remove_rows(ws_t *ws, int64_t *n_io, unsigned char *drop)
             continue;
         }
         while (end - 1 > r && drop[end - 1]) end--;
-        if (end - 1 <= r) break; /* no kept row after r */
+        if (end - 1 <= r) break; /* no kept pixel after r */
         const int64_t j = end - 1;
-        memcpy(ws->rowf, ws->X + r * C, row);
-        memcpy(ws->X + r * C, ws->X + j * C, row);
-        memcpy(ws->X + j * C, ws->rowf, row);
-        memcpy(ws->Fn + r * C, ws->Fn + j * C, row);
+        mv[2 * moves] = r;
+        mv[2 * moves + 1] = j;
+        moves++;
         ws->idx[r] = ws->idx[j];
         drop[j] = 1;
         end = j;
         r++;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        float *restrict x = ws->X + c * N, *restrict fn = ws->Fn + c * N;
+        for (int64_t i = 0; i < moves; i++) {
+            const int64_t dst = mv[2 * i], src = mv[2 * i + 1];
+            const float tmp = x[dst];
+            x[dst] = x[src];
+            x[src] = tmp;
+            fn[dst] = fn[src];
+        }
     }
     *n_io = n - k;
     return k;
@@ -502,23 +503,17 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
         ws->own0[q] = 0;
         ws->val0[q] = 0.0f;
     }
-    {
-        TSTART;
-        cov_from_rows(ws, ws->X, N);
-        TSTOP(1);
-    }
+    cov_from_rows(ws, N);
     const float psi = (float)p->threshold;
     while ((double)assigned / (double)N < p->stop_fraction && n > 0 &&
            (p->max_masks == 0 || count < p->max_masks) && still < 2) {
-        TSTART;
         int st = principal_direction(ws, n, count > 0);
-        TSTOP(2);
         if (st != PM_OK) return st;
         for (int64_t c = 0; c < C; c++) ws->vf[c] = (float)ws->v[c];
         /* s = F^_U v and the sign rule. */
         float *s = ws->s, *sim = ws->sim;
-        pm_cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)C,
-                       1.0f, ws->Fn, (blasint)C, ws->vf, 1, 0.0f, s, 1);
+        pm_cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)C, (blasint)n,
+                       1.0f, ws->Fn, (blasint)N, ws->vf, 1, 0.0f, s, 1);
         float smax = s[0], smin = s[0];
         for (int64_t r = 1; r < n; r++) {
             if (s[r] > smax) smax = s[r];
@@ -529,10 +524,10 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
             for (int64_t r = 0; r < n; r++) s[r] = -s[r];
         }
         const int64_t seed = first_argmax(s, ws->idx, n);
-        /* m = F^_U u, u = F^_seed (copied: the rows move on removal). */
-        memcpy(ws->vf, ws->Fn + seed * C, (size_t)C * sizeof(float));
-        pm_cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)C,
-                       1.0f, ws->Fn, (blasint)C, ws->vf, 1, 0.0f, sim, 1);
+        /* m = F^_U u, u = F^_seed (gathered from its column). */
+        for (int64_t c = 0; c < C; c++) ws->vf[c] = ws->Fn[c * N + seed];
+        pm_cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)C, (blasint)n,
+                       1.0f, ws->Fn, (blasint)N, ws->vf, 1, 0.0f, sim, 1);
         float mx = sim[0];
         for (int64_t r = 1; r < n; r++)
             if (sim[r] > mx) mx = sim[r];
@@ -553,20 +548,21 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
             ws->own0[ws->idx[seed]] = id;
             ws->val0[ws->idx[seed]] = 1.0f;
         }
-        const int64_t k = remove_rows(ws, &n, drop);
+        int64_t k = 0;
+        for (int64_t r = 0; r < n; r++) k += drop[r] != 0;
         assigned += k;
         still = k == 0 ? still + 1 : 0;
-        TSTART;
         const int more = (double)assigned / (double)N < p->stop_fraction &&
                          (p->max_masks == 0 || count < p->max_masks) &&
-                         still < 2;
-        if (more && n > 0 && k > 0) {
+                         still < 2 && n - k > 0;
+        if (!more) break; /* U, S and t are not needed any more */
+        remove_rows(ws, &n, drop);
+        if (k > 0) {
             if (k > n)
-                cov_from_rows(ws, ws->X, n);
+                cov_from_rows(ws, n);
             else
-                cov_downdate(ws, ws->X + n * C, k);
+                cov_downdate(ws, n, k);
         }
-        TSTOP(3);
     }
     *n_masks = count;
     return PM_OK;
@@ -770,17 +766,11 @@ static int one_image(ws_t *ws, const float *F, int64_t h, int64_t w,
                      int64_t *n_ids)
 {
     const int64_t N = h * w;
-    int st;
-    {
-        TSTART;
-        st = prepare(ws, F);
-        TSTOP(0);
-    }
+    int st = prepare(ws, F);
     if (st != PM_OK) return st;
     int64_t n = 0;
     st = propose(ws, p, &n);
     if (st != PM_OK) return st;
-    TSTART;
     median_masks(ws, h, w, p->median_size);
     const float lev = gain_background(ws, N, (float)p->gain);
     int64_t npix;
@@ -798,7 +788,6 @@ static int one_image(ws_t *ws, const float *F, int64_t h, int64_t w,
     free(lut);
     if (owner) memcpy(owner, ws->own, (size_t)N * sizeof(int32_t));
     if (value) memcpy(value, ws->val, (size_t)N * sizeof(float));
-    TSTOP(4);
     if (level) *level = lev;
     if (n_prop) *n_prop = n;
     if (n_ids) *n_ids = ids;
