@@ -83,12 +83,12 @@ typedef struct {
     int64_t C, N, m;    /* channels, pixels, Krylov dimension */
     float *Fn, *X;      /* (C, N): unit and centred features, U = [0, n) */
     int64_t *mv;        /* (2N,) column moves of a removal */
-    float *T;           /* (C, C) float32 SYRK result */
+    float *T;           /* (C, C) float32 SSYRK result */
     float *s, *sim, *vf;/* (N,), (N,), (C,) */
     int64_t *idx;       /* (N,) pixel index of each row of U */
     double *S, *t, *v;  /* (C, C) lower, (C,), (C,) */
     double *Q, *w, *h;  /* (m+1, C) Krylov basis, (C,), (m+1,) */
-    double *al, *be, *tri, *y, *ev, *work; /* Lanczos tridiagonal, dsyevr */
+    double *al, *be, *tri, *y, *ev, *work; /* Lanczos tridiagonal, dstevr */
     blasint *iwork, *isuppz;
     double *rowd;       /* (C,) */
     double *colsum, *sumsq; /* (C,), (N,) */
