@@ -1,7 +1,7 @@
 """Determinism (DESIGN.md section 2):
 
-- mask maps, pseudo labels, predictions, CRF marginals and metrics are
-  bitwise identical for 1, 2 and 4 threads;
+- mask maps (and their soft logits), pseudo labels, predictions, CRF
+  marginals and metrics are bitwise identical for 1, 2 and 4 threads;
 - EM prototypes and predictions are bitwise identical run to run with one
   seed, and agree within float32 rounding (1e-6 relative) across thread
   counts;
@@ -52,6 +52,8 @@ def _bitwise(results: dict) -> None:
 # ------------------------------------------------ bitwise across threads
 
 KERNELS = {
+    "masks": lambda ws, f, m, y, th: _core.masks(f, out_size=(40, 40))[0],
+    "masks/soft": lambda ws, f, m, y, th: tuple(_core.masks(f, return_soft=True)[1]),
     "teacher_pseudo": lambda ws, f, m, y, th: _core.teacher_pseudo(ws, f, m, th),
     "em_step": lambda ws, f, m, y, th: _core.em_step(ws, f, m, th, np.ones(len(th), np.float32),
                                                     th, np.ones(len(th), np.float32), 2.0,
@@ -131,6 +133,7 @@ def test_em_agrees_within_float32_rounding_across_thread_counts(threads):
 
 
 CONCURRENT = {
+    "masks": lambda ws, d: primaps.masks(d[0], out_size=40),
     "l2_normalize": lambda ws, d: primaps.l2_normalize(d[0]),
     "upsample_bilinear": lambda ws, d: primaps.upsample_bilinear(d[0], (25, 31)),
     "teacher_pseudo": lambda ws, d: _core.teacher_pseudo(ws, d[0], d[1], d[3]),
@@ -181,3 +184,11 @@ def test_concurrent_estimator_and_evaluator_calls_equal_serial_calls():
         assert p.tobytes() == serial_pred[i].tobytes()
         assert q.tobytes() == serial_crf[i].tobytes()
     assert np.array_equal(ev.confusion, ev_serial.confusion)
+
+
+def test_mask_maps_of_a_batch_equal_those_of_single_images(threads):
+    f = _data(7)[0]
+    threads(2)
+    batch = primaps.masks(f, out_size=40)
+    for i in range(len(f)):
+        assert batch[i].tobytes() == primaps.masks(f[i], out_size=40).tobytes()

@@ -87,6 +87,9 @@ CALLS = {
     "em_workspace": lambda d: _core.em_workspace_bytes(_core.em_workspace()),
     "crf_context": lambda d: _core.crf_context(),
     "build_info": lambda d: _core.build_info(),
+    "masks": lambda d: _core.masks(d["f64"], out_size=(H, W), return_soft=True),
+    "masks/nan": lambda d: _core.masks(d["nan"]),
+    "masks/threshold": lambda d: _core.masks(d["f64"], threshold=1.5),
 }
 
 

@@ -885,5 +885,64 @@ def _colorize(case: Case):
     return run, check
 
 
+
+# ------------------------------------------------------------ mask proposals
+
+
+@entry("_core.masks", "masks")
+def _masks_entry(case: Case):
+    batched = case.draw(st.booleans())
+    B, C, h, w = case.dim(1, 3), case.dim(1, 6), case.dim(1, 6), case.dim(1, 6)
+    shape = ([B] if batched else []) + [C, h, w]
+    feats = case.floats("features", shape, ndims=(3, 4))
+    kw = {}
+    if case.draw(st.booleans()):
+        kw["threshold"] = case.number("threshold", 0.05, 0.95, bad=[0.0, 1.0, -0.5, float("nan")],
+                                      wrong=["x", None])
+    if case.draw(st.booleans()):
+        kw["stop_fraction"] = case.number("stop_fraction", 0.05, 1.0, bad=[0.0, 1.5, float("nan")],
+                                          wrong=["x", None])
+    if case.draw(st.booleans()):
+        kw["gain"] = case.number("gain", 0.5, 20.0, bad=[0.0, -1.0, float("inf")], wrong=["x", None])
+    if case.draw(st.booleans()):
+        kw["median_size"] = case.number("median_size", 0, 2, integer=True, bad=[-1, 2, 64],
+                                        wrong=[1.5, "3", True])
+        if isinstance(kw["median_size"], (int, np.integer)) and not isinstance(kw["median_size"], bool) \
+                and 0 <= kw["median_size"] <= 2 and ("median_size", "bad_value") not in case.faults:
+            kw["median_size"] = 2 * int(kw["median_size"]) + 1  # 1, 3, 5
+    if case.draw(st.booleans()):
+        kw["max_masks"] = case.number("max_masks", 1, 5, integer=True, bad=[0, -2], wrong=[1.5, "2"])
+    out_size = None
+    if case.draw(st.booleans()):
+        out_size = case.size2("out_size", 1, 12)
+        kw["out_size"] = out_size
+    kw["return_info"] = case.draw(st.booleans())
+    fn = case.draw(st.sampled_from(["python", "core"]))
+
+    def run():
+        if fn == "core":
+            return _core.masks(feats, **{k: v for k, v in kw.items() if k != "return_info"})
+        return primaps.masks(feats, **kw)
+
+    def check(out):
+        fs = np.shape(np.asarray(feats))
+        size = fs[-2:] if out_size is None else (
+            (int(out_size), int(out_size)) if np.ndim(out_size) == 0 else tuple(int(v) for v in out_size))
+        if fn == "core":
+            maps = out[0]
+            shaped(maps, ((fs[0],) if len(fs) == 4 else (1,)) + tuple(size), np.int32)
+        else:
+            maps = out[0] if kw["return_info"] else out
+            shaped(maps, (fs[:1] if len(fs) == 4 else ()) + tuple(size), np.int32)
+        m = maps.reshape((-1,) + maps.shape[-2:])
+        for img in m:  # 0 = background, 1..n consecutive
+            ids = np.unique(img)
+            assert ids.min() >= 0
+            nz = ids[ids > 0]
+            assert np.array_equal(nz, np.arange(1, nz.size + 1)), ids
+
+    return run, check
+
+
 def covered() -> set:
     return {name for e in REGISTRY for name in e.covers}
