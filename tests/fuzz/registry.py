@@ -35,7 +35,7 @@ class Entry:
     name: str
     build: Build
     covers: Tuple[str, ...]
-    examples: int = 500  # per CI run; PRIMAPS_FUZZ_EXAMPLES sets them all
+    examples: int = 300  # per CI run; PRIMAPS_FUZZ_EXAMPLES sets them all
     nonfinite_raises: bool = True  # NaN / inf in a float argument is a ValueError
     raises: Tuple[type, ...] = ()  # documented exceptions beyond Type/Value/MemoryError
 
@@ -711,7 +711,7 @@ def _em_data(case: Case):
     return feats, masks, (n, C, h, w, H, W, K)
 
 
-@entry("PriMaPsEM", "PriMaPsEM.fit", "PriMaPsEM.predict", "PriMaPsEM.prototypes", examples=150)
+@entry("PriMaPsEM", "PriMaPsEM.fit", "PriMaPsEM.predict", "PriMaPsEM.prototypes", examples=100)
 def _em_fit(case: Case):
     feats, masks, (n, C, h, w, H, W, K) = _em_data(case)
     params = dict(
@@ -751,7 +751,7 @@ def _fitted(K: int, C: int):
     return _FITTED[K, C]
 
 
-@entry("PriMaPsEM.partial_fit", "PriMaPsEM.pseudo_labels", "PriMaPsEM.init_from", examples=300)
+@entry("PriMaPsEM.partial_fit", "PriMaPsEM.pseudo_labels", "PriMaPsEM.init_from", examples=200)
 def _em_inference(case: Case):
     K, C = case.dim(1, 3), case.dim(1, 5)
     n, h, w, H, W = case.dim(1, 3), case.dim(1, 4), case.dim(1, 4), case.dim(1, 6), case.dim(1, 6)
@@ -788,7 +788,7 @@ def _em_inference(case: Case):
     return run, check
 
 
-@entry("LinearProbe", "LinearProbe.fit", "LinearProbe.predict", "LinearProbe.partial_fit", examples=150)
+@entry("LinearProbe", "LinearProbe.fit", "LinearProbe.predict", "LinearProbe.partial_fit", examples=100)
 def _probe_fit(case: Case):
     n, C, h, w = case.dim(1, 4), case.dim(1, 5), case.dim(1, 4), case.dim(1, 4)
     K = case.dim(1, 3)
@@ -820,7 +820,7 @@ def _probe_fit(case: Case):
 
 
 @entry("FeatureStore", "FeatureStoreError", "FeatureStore.append", "FeatureStore.write_masks",
-       "FeatureStore.read_masks", "FeatureStore.batches", examples=200)
+       "FeatureStore.read_masks", "FeatureStore.batches", examples=120)
 def _feature_store(case: Case):
     n, C, h, w = case.dim(1, 3), case.dim(1, 4), case.dim(1, 3), case.dim(1, 3)
     feats = case.floats("features", [n, C, h, w], ndims=(4,),
