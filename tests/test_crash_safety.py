@@ -376,3 +376,19 @@ def test_a_mat_file_declaring_a_huge_array_is_refused_by_name(tmp_path, monkeypa
     monkeypatch.setattr(potsdam, "MAX_MAT_ELEMENTS", 20 * 20 * 4 - 1)
     with pytest.raises(DatasetFileError, match="tile.mat.*declares shape"):
         potsdam.load_mat(path, "img")
+
+
+def test_the_package_never_unpickles_and_writes_only_through_atomic_write():
+    """A static check of primaps/: every np.load refuses pickles, nothing
+    unpickles, and only _io.py opens files for writing."""
+    import re
+
+    root = Path(primaps.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"np\.load\(([^)]*)\)", text):
+            assert "allow_pickle=False" in m.group(1), f"{path.name}: {m.group(0)}"
+        assert not re.search(r"pickle\.loads?\(|np\.fromfile|allow_pickle=True", text), path.name
+        if path.name != "_io.py":
+            assert not re.search(r"""open\([^)]*['"][wax]b?\+?['"]|os\.fdopen|mkstemp""", text), \
+                f"{path.name} writes a file itself: use primaps._io.atomic_write"
