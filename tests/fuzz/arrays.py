@@ -193,12 +193,13 @@ class Case:
         return self._layout(x.astype(self.draw(st.sampled_from(fits))), lists,
                             keep_values=kind is not None)
 
-    def size2(self, name: str, lo: int = 1, hi: int = 24) -> Any:
+    def size2(self, name: str, lo: int = 1, hi: int = 24, optional: bool = False) -> Any:
         """A spatial size: an int or a pair (H, W) as a tuple, list or
-        NumPy integers."""
+        NumPy integers (`optional`: None is valid too)."""
         kind = self.fault(name, ["wrong_type", "bad_value"])
         if kind == "wrong_type":
-            return self.draw(st.sampled_from([2.5, "8", None, True, {1: 2}, (1.5, 2), (True, 2)]))
+            wrong = [2.5, "8", None, True, {1: 2}, (1.5, 2), (True, 2)]
+            return self.draw(st.sampled_from([w for w in wrong if not (optional and w is None)]))
         if kind == "bad_value":
             return self.draw(st.sampled_from(
                 [0, -3, (0, 4), (4, -1), (1,), (1, 2, 3), 2**62, (2**31, 2**31), (2**62, 2**62),

@@ -914,7 +914,7 @@ def _masks_entry(case: Case):
         kw["max_masks"] = case.number("max_masks", 1, 5, integer=True, bad=[0, -2], wrong=[1.5, "2"])
     out_size = None
     if case.draw(st.booleans()):
-        out_size = case.size2("out_size", 1, 12)
+        out_size = case.size2("out_size", 1, 12, optional=True)
         kw["out_size"] = out_size
     kw["return_info"] = case.draw(st.booleans())
     fn = case.draw(st.sampled_from(["python", "core"]))
