@@ -17,16 +17,22 @@
  * weights of each point's d+1 enclosing vertices), B the blur (a
  * [1/2, 1, 1/2] stencil along each of the d+1 lattice directions, in order
  * 0..d) and alpha = 1 / (1 + 2^-d); D_m is computed with the same operator,
- * as densecrf does.  The smoothness kernel uses the lattice too (d = 2), as
- * densecrf does, so the numbers follow pydensecrf's.
+ * as densecrf does; the appearance kernel's numbers are pydensecrf's.  The
+ * smoothness kernel (position only) is separable: for theta_xy <= 4 it is
+ * computed exactly, as two 1-D filterings of the pixel grid (see "The
+ * smoothness kernel, exactly"), cheaper than densecrf's 2-D lattice and
+ * free of its error; wider ones use the lattice (d = 2) as densecrf does.
  *
  * Layout and threads.  Labels are padded to blocks of 4 lanes; values live
  * row-major with the lanes of a row contiguous, pixels (N, Lp) and lattice
- * vertices (M+1, Lp), so every splat, blur and slice step works on whole
- * rows.  A batch with at least as many images as threads runs one image
- * per thread; otherwise the threads share each image, splitting the
- * vertices (splat as a gather over CSR lists, blur) and the pixels (slice,
- * softmax).
+ * vertices (M+1, Lp), so every splat, blur, slice and grid step works on
+ * whole rows.  An iteration is a splat and blur of the appearance lattice,
+ * then one pass over the image rows that filters the smoothness kernel,
+ * slices the appearance values, adds the unary and takes the softmax, a
+ * row at a time in cache.  A batch with at least as many images as threads
+ * runs one image per thread; otherwise the threads share each image,
+ * splitting the vertices (splat as a gather over CSR lists, blur) and the
+ * image rows.
  *
  * Determinism.  The lattice is numbered by one thread in pixel order (vertex
  * ids = order of first appearance); every splat adds each vertex's
@@ -469,13 +475,14 @@ PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
     }
 }
 
-/* dst[i] = sum_r w[i, r] vals[offset[i, r]] for the points [i0, i1). */
+/* dst[i - i0] = sum_r w[i, r] vals[offset[i, r]] for the points [i0, i1)
+ * (dst holds the rows of those points only). */
 PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
                           float *dst, int64_t i0, int64_t i1, int64_t P)
 {
     const int d1 = L->d + 1;
     for (int64_t i = i0; i < i1; i++) {
-        float *o = dst + i * P;
+        float *o = dst + (i - i0) * P;
         const int32_t *off = L->offset + i * d1;
         const float *wi = w + i * d1;
         const float *r0 = vals + (int64_t)off[0] * P;
@@ -768,6 +775,163 @@ static void softmax_row(float *e, float *q, int64_t n)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The smoothness kernel, exactly, on the pixel grid                        */
+/* ------------------------------------------------------------------------ */
+
+/* A Gaussian of the positions alone is separable: K[i, j] = g(x_i - x_j)
+ * g(y_i - y_j) with g(k) = exp(-k^2 / 2 theta^2), so D = diag(K 1) is
+ * Sx(x) Sy(y) with Sx(x) = sum over the columns x' of g(x - x'), and
+ * D^-1/2 K D^-1/2 = (Nx Gx Nx) (x) (Ny Gy Ny) with Nx = diag(Sx^-1/2).  The
+ * message w D^-1/2 K D^-1/2 Q is a vertical then a horizontal filtering of
+ * the pixel rows with per-position taps
+ *     wv[y, k] = ny(y) g(k) ny(y + k),  wh[x, k] = w nx(x) g(k) nx(x + k),
+ * |k| <= r, zero outside the image.  g is cut where it falls below e^-16
+ * (1.1e-7 of its peak): r = floor(sqrt(32) theta).  This is the exact
+ * kernel of the model (the lattice only approximates it: entries off by up
+ * to 0.1 at theta = 1) and far cheaper at the widths in use: 2 (2r + 1)
+ * multiply-adds per value, streaming through contiguous rows.  The cost
+ * grows with theta, the lattice's falls: wider kernels use the lattice. */
+#define PM_GRID_MAX_THETA 4.0f
+
+typedef struct {
+    int64_t H, W;
+    int r;
+    float theta, weight;
+    float *wv, *wh; /* (H, 2r+1) and (W, 2r+1) taps                         */
+    double *norm;   /* (H + W) scratch                                      */
+    size_t sz_w, sz_norm;
+    int valid;
+} grid_kernel;
+
+static void grid_free(grid_kernel *g)
+{
+    free(g->wv);
+    free(g->norm);
+    memset(g, 0, sizeof *g);
+}
+
+static int grid_radius(float theta)
+{
+    return (int)floor(sqrt(32.0) * (double)theta);
+}
+
+/* Taps of one axis of n positions: w[x, k + r] = scale nx(x) g(k) nx(x + k)
+ * (0 off the axis); nrm (n) is scratch. */
+static void grid_axis(float *w, double *nrm, int64_t n, int r, double theta,
+                      double scale)
+{
+    const int taps = 2 * r + 1;
+    const double c = -0.5 / (theta * theta);
+    for (int64_t x = 0; x < n; x++) {
+        double sum = 0.0;
+        for (int k = -r; k <= r; k++)
+            if (x + k >= 0 && x + k < n) sum += exp(c * k * k);
+        nrm[x] = 1.0 / sqrt(sum);
+    }
+    for (int64_t x = 0; x < n; x++)
+        for (int k = -r; k <= r; k++)
+            w[x * taps + k + r] =
+                x + k >= 0 && x + k < n
+                    ? (float)(scale * nrm[x] * exp(c * k * k) * nrm[x + k])
+                    : 0.0f;
+}
+
+/* Makes g hold the taps for an H x W image, theta and weight. */
+static int grid_build(grid_kernel *g, int64_t H, int64_t W, float theta,
+                      float weight)
+{
+    if (g->valid && g->H == H && g->W == W && g->theta == theta &&
+        g->weight == weight)
+        return PM_OK;
+    g->valid = 0;
+    const int r = grid_radius(theta);
+    const size_t taps = (size_t)(2 * r + 1);
+    if (reserve((void **)&g->wv, &g->sz_w,
+                (size_t)(H + W) * taps * sizeof(float)) ||
+        reserve((void **)&g->norm, &g->sz_norm,
+                (size_t)(H > W ? H : W) * sizeof(double)))
+        return PM_ERR_NOMEM;
+    g->wh = g->wv + (size_t)H * taps;
+    grid_axis(g->wv, g->norm, H, r, theta, 1.0);
+    grid_axis(g->wh, g->norm, W, r, theta, weight);
+    g->H = H;
+    g->W = W;
+    g->r = r;
+    g->theta = theta;
+    g->weight = weight;
+    g->valid = 1;
+    return PM_OK;
+}
+
+/* out[x] = sum_k wh[x, k] line[x + k] for the W pixels of a row; line
+ * holds r zero rows before and after the W pixel rows of P lanes.  The sums
+ * run in vector registers, up to 32 lanes at a time, k in order. */
+#define PM_HVEC 8
+PM_INLINE void grid_horizontal_body(const float *line, const float *wh,
+                                    int taps, float *out, int64_t W,
+                                    int64_t P)
+{
+    for (int64_t c0 = 0; c0 < P; c0 += 4 * PM_HVEC) {
+        const int64_t nv = (P - c0) / 4 < PM_HVEC ? (P - c0) / 4 : PM_HVEC;
+        for (int64_t x = 0; x < W; x++) {
+            const float *w = wh + x * taps, *s = line + x * P + c0;
+            pm_v4f acc[PM_HVEC];
+            for (int64_t v = 0; v < nv; v++) acc[v] = w[0] * load4(s + 4 * v);
+            for (int k = 1; k < taps; k++) {
+                const float wk = w[k];
+                const float *sk = s + k * P;
+                for (int64_t v = 0; v < nv; v++)
+                    acc[v] += wk * load4(sk + 4 * v);
+            }
+            for (int64_t v = 0; v < nv; v++)
+                store4(out + x * P + c0 + 4 * v, acc[v]);
+        }
+    }
+}
+
+/* dst[i] = sum_k w[k] src[k * stride + i] over k0..k1 (in order) for
+ * 16 values at a time; n a multiple of 4. */
+#define PM_VBLOCK 16
+PM_INLINE void grid_vertical_block(const float *src, int64_t stride,
+                                   const float *w, int nk, float *dst,
+                                   int64_t nb)
+{
+    float acc[PM_VBLOCK];
+    for (int64_t c = 0; c < nb; c++) acc[c] = w[0] * src[c];
+    for (int k = 1; k < nk; k++) {
+        const float wk = w[k];
+        const float *sk = src + k * stride;
+        for (int64_t c = 0; c < nb; c++) acc[c] += wk * sk[c];
+    }
+    memcpy(dst, acc, (size_t)nb * sizeof(float));
+}
+
+/* The smoothness message of image row y into out (W, P): the rows of q
+ * within r of y weighted into line (vertical), then filtered along the row
+ * (horizontal).  line: (W + 2r, P) scratch whose first and last r rows
+ * are zero. */
+PM_CLONES static void grid_message_row(const grid_kernel *g, const float *q,
+                                       float *line, float *out, int64_t y,
+                                       int64_t P)
+{
+    const int r = g->r, taps = 2 * r + 1;
+    const int64_t W = g->W, n = W * P;
+    const int k0 = y < r ? (int)-y : -r;
+    const int k1 = g->H - 1 - y < r ? (int)(g->H - 1 - y) : r;
+    const float *wv = g->wv + y * taps + k0 + r, *src = q + (y + k0) * n;
+    float *s = line + (int64_t)r * P;
+    int64_t i = 0;
+    for (; i + PM_VBLOCK <= n; i += PM_VBLOCK)
+        grid_vertical_block(src + i, n, wv, k1 - k0 + 1, s + i, PM_VBLOCK);
+    for (; i < n; i += 4)
+        grid_vertical_block(src + i, n, wv, k1 - k0 + 1, s + i, 4);
+    const float *wh = g->wh;
+#define PM_HORIZ(PW) grid_horizontal_body(line, wh, taps, out, W, PW)
+    PM_WIDTH_SWITCH(P, PM_HORIZ)
+#undef PM_HORIZ
+}
+
+/* ------------------------------------------------------------------------ */
 /* Mean-field inference                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -775,10 +939,14 @@ static void softmax_row(float *e, float *q, int64_t n)
  * per-pixel and per-vertex values; all grow-only. */
 typedef struct {
     kernel app;
-    float *negu;        /* (N, Lp) -U = log_softmax(logits); pad lanes -inf */
-    float *q, *m1, *m2; /* (N, Lp) marginals; messages of the two kernels  */
-    float *va, *vb;     /* (M+1, Lp) lattice values                         */
-    size_t sz_rows, sz_vals;
+    float *negu;    /* (N, Lp) -U = log_softmax(logits); pad lanes -inf     */
+    float *q, *q1;  /* (N, Lp) marginals, this and the next iteration's     */
+    float *m1;      /* (N, Lp) messages of a smoothness lattice; scratch    */
+    float *va, *vb; /* (M+1, Lp) lattice values                             */
+    float *rows;    /* per thread: a row line (W + 2r, Lp) with zero ends,
+                       two rows (W, Lp) of energies and messages            */
+    int64_t rows_stride;
+    size_t sz_rows, sz_vals, sz_scratch;
 } workspace;
 
 static void workspace_free(workspace *ws)
@@ -787,17 +955,28 @@ static void workspace_free(workspace *ws)
     free(ws->negu);
     free(ws->va);
     free(ws->vb);
+    free(ws->rows);
     memset(ws, 0, sizeof *ws);
 }
 
-static int workspace_rows(workspace *ws, int64_t N, int64_t Lp)
+/* Buffers for N pixels of Lp lanes, rows of width W, a smoothness radius r
+ * and nt threads. */
+static int workspace_rows(workspace *ws, int64_t N, int64_t W, int64_t Lp,
+                          int r, int nt)
 {
     const size_t row = (size_t)N * (size_t)Lp;
     if (reserve((void **)&ws->negu, &ws->sz_rows, 4 * row * sizeof(float)))
         return PM_ERR_NOMEM;
     ws->q = ws->negu + row;
-    ws->m1 = ws->q + row;
-    ws->m2 = ws->m1 + row;
+    ws->q1 = ws->q + row;
+    ws->m1 = ws->q1 + row;
+    /* 16-float (64-byte) multiples keep the threads' rows apart. */
+    const int64_t stride = ((3 * W + 2 * r) * Lp + 15) & ~(int64_t)15;
+    const size_t bytes = (size_t)stride * (size_t)nt * sizeof(float);
+    if (reserve((void **)&ws->rows, &ws->sz_scratch, bytes))
+        return PM_ERR_NOMEM;
+    memset(ws->rows, 0, bytes);
+    ws->rows_stride = stride;
     return PM_OK;
 }
 
@@ -811,26 +990,15 @@ static int any_nonfinite(const float *x, int64_t n, int nt)
     return bad;
 }
 
-/* Message passing through one kernel, m = weight D^-1/2 K D^-1/2 q, by one
- * thread (splat as a scatter in pixel order). */
-static void kernel_message(const kernel *k, const float *q, float *va,
-                           float *vb, float *m, int64_t P)
+/* e = (-U + a) + b over n values, into a, with a the smoothness message
+ * and b the appearance one (densecrf's order: -U, minus the Gaussian term,
+ * minus the bilateral one); a missing message is left out. */
+static inline void energy_row(const float *u, float *a, const float *b,
+                              int64_t n, int has_a, int has_b)
 {
-    lattice_splat(&k->lat, k->splat_w, q, va, P);
-    const float *res = lattice_blur(&k->lat, va, vb, P);
-    lattice_slice(&k->lat, k->slice_w, res, m, P);
-}
-
-/* e = -U + m1 + m2 into m1 for n consecutive values (densecrf's order:
- * -U, minus the Gaussian term, minus the bilateral one). */
-static inline void energy_rows(workspace *ws, int64_t at, int64_t n,
-                               int has1, int has2)
-{
-    const float *u = ws->negu + at, *b = ws->m2 + at;
-    float *a = ws->m1 + at;
-    if (has1 && has2)
+    if (has_a && has_b)
         for (int64_t k = 0; k < n; k++) a[k] = (u[k] + a[k]) + b[k];
-    else if (has1)
+    else if (has_a)
         for (int64_t k = 0; k < n; k++) a[k] = u[k] + a[k];
     else
         for (int64_t k = 0; k < n; k++) a[k] = u[k] + b[k];
@@ -905,65 +1073,106 @@ static void load_unary(const float *logits, workspace *ws, int64_t N,
     }
 }
 
-/* Mean-field by one thread. */
-static void mean_field(workspace *ws, const kernel *smooth, const kernel *app,
-                       int64_t N, int64_t Lp, int iterations)
+/* The kernels of one image: the smoothness kernel on the grid or on a
+ * lattice (or neither), the appearance lattice (or none). */
+typedef struct {
+    const grid_kernel *grid;
+    const kernel *smooth;
+    const kernel *app;
+} kernels;
+
+/* Splat and blur of q through lattice kernel k by thread t of T; returns
+ * the buffer (va or vb) holding the blurred values.  One thread scatters
+ * in pixel order; several gather their vertices from the CSR lists (the
+ * same sums in the same order), with a barrier before each blur pass and
+ * after the last. */
+static const float *lattice_filter(const kernel *k, const float *q,
+                                   float *va, float *vb, int64_t P, int64_t t,
+                                   int64_t T)
 {
-    for (int it = 0; it < iterations; it++) {
-        if (smooth) kernel_message(smooth, ws->q, ws->va, ws->vb, ws->m1, Lp);
-        if (app) kernel_message(app, ws->q, ws->va, ws->vb, ws->m2, Lp);
-        for (int64_t i = 0; i < N; i++) {
-            energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
-            softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
+    const lattice *L = &k->lat;
+    if (T == 1) {
+        lattice_splat(L, k->splat_w, q, va, P);
+        return lattice_blur(L, va, vb, P);
+    }
+    const int64_t v0 = 1 + L->M * t / T, v1 = 1 + L->M * (t + 1) / T;
+    lattice_gather(k->start, k->csr_point, k->csr_w, q, va, v0, v1, P);
+    float *a = va, *b = vb;
+    for (int j = 0; j <= L->d; j++) {
+#pragma omp barrier
+        lattice_blur_pass(L, j, a, b, v0, v1, P);
+        float *tmp = a;
+        a = b;
+        b = tmp;
+    }
+#pragma omp barrier
+    return a;
+}
+
+/* The new marginals qn of the image rows [y0, y1) from q: energies
+ * -U + smoothness + appearance message (vals: the appearance lattice's
+ * blurred values), then the softmax, a row at a time; scratch: this
+ * thread's rows. */
+static void update_rows(const workspace *ws, const kernels *ks,
+                        const float *vals, const float *q, float *qn,
+                        float *scratch, int64_t y0, int64_t y1, int64_t W,
+                        int64_t P)
+{
+    const int r = ks->grid ? ks->grid->r : 0;
+    float *line = scratch, *e = line + (W + 2 * r) * P, *a = e + W * P;
+    const int has_s = ks->grid || ks->smooth, has_a = ks->app != NULL;
+    for (int64_t y = y0; y < y1; y++) {
+        const int64_t i0 = y * W;
+        /* A smoothness lattice's messages are in m1 already. */
+        float *er = ks->smooth ? ws->m1 + i0 * P : e;
+        if (ks->grid) grid_message_row(ks->grid, q, line, er, y, P);
+        if (has_a)
+            lattice_slice_range(&ks->app->lat, ks->app->slice_w, vals, a, i0,
+                                i0 + W, P);
+        for (int64_t x = 0; x < W; x++) {
+            float *ex = er + x * P;
+            energy_row(ws->negu + (i0 + x) * P, ex, a + x * P, P, has_s,
+                       has_a);
+            softmax_row(ex, qn + (i0 + x) * P, P);
         }
     }
 }
 
-/* Mean-field with the threads splitting the vertices (splat as a gather
- * over the CSR lists, blur) and the pixels (slice, softmax), a barrier
- * after each pass.  The same bits as mean_field.  (Splitting the labels
- * instead needs fewer barriers, but every thread then gathers every row,
- * only narrower, and the passes are bound by the latency of gathering
- * rows rather than by their width: it measured slower.) */
-static void mean_field_spatial(workspace *ws, const kernel *smooth,
-                               const kernel *app, int64_t N, int64_t Lp,
-                               int iterations, int nt)
+/* Mean-field iterations on nt threads: the threads split the lattice
+ * vertices (splat as a gather over the CSR lists, blur) and the image rows
+ * (smoothness on the grid, slices, softmax), with barriers between the
+ * passes; every value is computed by one thread in a fixed order, so the
+ * bits do not depend on nt.  Q alternates between ws->q and ws->q1 (the
+ * grid filter of a row reads its neighbours' old values); returns the
+ * final one. */
+static float *mean_field(workspace *ws, const kernels *ks, int64_t H,
+                         int64_t W, int64_t P, int iterations, int nt)
 {
-    const kernel *ks[2] = {smooth, app};
-    float *msg[2] = {ws->m1, ws->m2};
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int64_t i0 = N * t / T, i1 = N * (t + 1) / T;
+        const int64_t y0 = H * t / T, y1 = H * (t + 1) / T;
+        float *scratch = ws->rows + t * ws->rows_stride;
+        float *q = ws->q, *qn = ws->q1;
         for (int it = 0; it < iterations; it++) {
-            for (int m = 0; m < 2; m++) {
-                const kernel *k = ks[m];
-                if (!k) continue;
-                const lattice *L = &k->lat;
-                const int64_t v0 = 1 + L->M * t / T;
-                const int64_t v1 = 1 + L->M * (t + 1) / T;
-                lattice_gather(k->start, k->csr_point, k->csr_w, ws->q, ws->va,
-                               v0, v1, Lp);
-                float *a = ws->va, *b = ws->vb;
-                for (int j = 0; j <= L->d; j++) {
-#pragma omp barrier
-                    lattice_blur_pass(L, j, a, b, v0, v1, Lp);
-                    float *tmp = a;
-                    a = b;
-                    b = tmp;
-                }
-#pragma omp barrier
-                lattice_slice_range(L, k->slice_w, a, msg[m], i0, i1, Lp);
-                /* The next gather overwrites va, which this slice may read. */
+            if (ks->smooth) {
+                const float *v =
+                    lattice_filter(ks->smooth, q, ws->va, ws->vb, P, t, T);
+                lattice_slice_range(&ks->smooth->lat, ks->smooth->slice_w, v,
+                                    ws->m1 + y0 * W * P, y0 * W, y1 * W, P);
+                /* The next splat overwrites what this slice reads. */
 #pragma omp barrier
             }
-            for (int64_t i = i0; i < i1; i++) {
-                energy_rows(ws, i * Lp, Lp, smooth != NULL, app != NULL);
-                softmax_row(ws->m1 + i * Lp, ws->q + i * Lp, Lp);
-            }
+            const float *vals = NULL;
+            if (ks->app) vals = lattice_filter(ks->app, q, ws->va, ws->vb, P, t, T);
+            update_rows(ws, ks, vals, q, qn, scratch, y0, y1, W, P);
+            float *tmp = q;
+            q = qn;
+            qn = tmp;
 #pragma omp barrier
         }
     }
+    return iterations % 2 ? ws->q1 : ws->q;
 }
 
 /* Positional features x / theta, y / theta at the start of each stride. */
@@ -979,16 +1188,17 @@ static void position_features(float *f, int64_t H, int64_t W, float theta,
 }
 
 /* One image: appearance lattice, unary, iterations, and the marginals
- * back in (L, H, W). */
-static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
+ * back in (L, H, W).  ks holds the smoothness kernel (grid or lattice, or
+ * none); the appearance kernel is added here. */
+static int crf_image(workspace *ws, kernels ks, const uint8_t *img,
                      const float *logits, float *out, int64_t L, int64_t H,
                      int64_t W, const pm_crf_params *p, int nt)
 {
     const int64_t N = H * W, Lp = (L + 3) & ~(int64_t)3;
     const int run = L > 1 && p->iterations > 0;
-    int st = workspace_rows(ws, N, Lp);
+    int st = workspace_rows(ws, N, W, Lp, ks.grid ? ks.grid->r : 0, nt);
     if (st != PM_OK) return st;
-    const kernel *app = NULL;
+    ks.app = NULL;
     if (run && p->appearance_weight != 0.0f) {
         kernel *k = &ws->app;
         if (reserve((void **)&k->feat, &k->sz_feat,
@@ -1002,20 +1212,18 @@ static int crf_image(workspace *ws, const kernel *smooth, const uint8_t *img,
         st = kernel_build(k, N, 5, p->appearance_weight, nt);
         if (st == PM_OK && nt > 1) st = kernel_csr(k);
         if (st != PM_OK) return st;
-        app = k;
+        ks.app = k;
     }
     load_unary(logits, ws, N, L, Lp, p->min_prob, nt);
-    if (run && (app || smooth)) {
-        int64_t M = app ? app->lat.M : 0;
-        if (smooth && smooth->lat.M > M) M = smooth->lat.M;
+    const float *q = ws->q;
+    if (run && (ks.app || ks.smooth || ks.grid)) {
+        int64_t M = ks.app ? ks.app->lat.M : 0;
+        if (ks.smooth && ks.smooth->lat.M > M) M = ks.smooth->lat.M;
         st = reserve_vals(&ws->va, &ws->vb, &ws->sz_vals, M, Lp);
         if (st != PM_OK) return st;
-        if (nt > 1)
-            mean_field_spatial(ws, smooth, app, N, Lp, p->iterations, nt);
-        else
-            mean_field(ws, smooth, app, N, Lp, p->iterations);
+        q = mean_field(ws, &ks, H, W, Lp, p->iterations, nt);
     }
-    rows_to_planes(ws->q, out, N, L, Lp, nt);
+    rows_to_planes(q, out, N, L, Lp, nt);
     return PM_OK;
 }
 
@@ -1030,6 +1238,7 @@ struct pm_crf_ctx {
     int64_t smooth_h, smooth_w;
     float smooth_theta, smooth_weight;
     int smooth_valid;
+    grid_kernel grid; /* the same on the pixel grid (narrow kernels) */
     workspace *ws; /* one per thread of the image-parallel mode */
     int nws;
     int busy; /* a call is running: a concurrent one uses its own context */
@@ -1041,6 +1250,7 @@ void pm_crf_ctx_free(pm_crf_ctx *ctx)
 {
     if (!ctx) return;
     kernel_free(&ctx->smooth);
+    grid_free(&ctx->grid);
     for (int t = 0; t < ctx->nws; t++) workspace_free(&ctx->ws[t]);
     free(ctx->ws);
     free(ctx);
@@ -1105,11 +1315,18 @@ static int crf_run(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
     const int nthreads = pm_get_num_threads();
     if (any_nonfinite(logits, B * L * N, nthreads)) return PM_ERR_NONFINITE;
     const int run = L > 1 && p->iterations > 0;
-    const kernel *smooth = NULL;
+    kernels ks = {NULL, NULL, NULL};
     if (run && p->smoothness_weight != 0.0f) {
-        int st = smooth_kernel(ctx, H, W, p, nthreads);
-        if (st != PM_OK) return st;
-        smooth = &ctx->smooth;
+        if (p->smoothness_theta_xy <= PM_GRID_MAX_THETA) {
+            if (grid_build(&ctx->grid, H, W, p->smoothness_theta_xy,
+                           p->smoothness_weight) != PM_OK)
+                return PM_ERR_NOMEM;
+            ks.grid = &ctx->grid;
+        } else {
+            int st = smooth_kernel(ctx, H, W, p, nthreads);
+            if (st != PM_OK) return st;
+            ks.smooth = &ctx->smooth;
+        }
     }
     /* Images in parallel (one thread each) when there are enough of them;
      * otherwise one image at a time with the threads sharing its labels.
@@ -1129,7 +1346,7 @@ static int crf_run(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
     int64_t failed = B;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(outer) if (outer > 1)
     for (int64_t b = 0; b < B; b++) {
-        const int s = crf_image(&ctx->ws[omp_get_thread_num()], smooth,
+        const int s = crf_image(&ctx->ws[omp_get_thread_num()], ks,
                                 images + b * N * 3, logits + b * L * N,
                                 marginals + b * L * N, L, H, W, p, inner);
         if (s != PM_OK) {
