@@ -705,25 +705,49 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
  * slow); -inf (pad lanes) gives 0. */
 typedef float pm_v4f __attribute__((vector_size(16)));
 typedef int32_t pm_v4i __attribute__((vector_size(16)));
+typedef float pm_v8f __attribute__((vector_size(32)));
+typedef int32_t pm_v8i __attribute__((vector_size(32)));
 
-static inline pm_v4f exp4(pm_v4f x)
+/* 8-lane values pass by value between always-inlined helpers only, never
+ * across a call, so GCC's note that their ABI depends on AVX is moot. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+/* exp over the lanes of a vector of type VF (ints VI), as described above;
+ * the 8-lane version does per lane what the 4-lane one does. */
+#define PM_DEFINE_EXP(NAME, VF, VI)                                           \
+    PM_INLINE VF NAME(VF x)                                                   \
+    {                                                                         \
+        const VF zero = {0.0f};                                               \
+        const VF cut = zero - 69.0f;                                          \
+        const VI keep = x >= cut; /* all ones where x >= -69 */               \
+        const VF v = (VF)(((VI)x & keep) | ((VI)cut & ~keep));                \
+        const VF t = v * 1.44269504088896341f;                                \
+        const VF nf = (t + 12582912.0f) - 12582912.0f;                        \
+        const VF r = (v - nf * 0.693359375f) - nf * -2.12194440e-4f;          \
+        VF p = r * 1.9875691500e-4f + 1.3981999507e-3f;                       \
+        p = p * r + 8.3334519073e-3f;                                         \
+        p = p * r + 4.1665795894e-2f;                                         \
+        p = p * r + 1.6666665459e-1f;                                         \
+        p = p * r + 5.0000001201e-1f;                                         \
+        p = p * (r * r) + r + 1.0f;                                           \
+        const VI bits = (__builtin_convertvector(nf, VI) + 127) << 23;        \
+        const VF y = p * (VF)bits;                                            \
+        return (VF)((VI)y & keep);                                            \
+    }
+
+PM_DEFINE_EXP(exp4, pm_v4f, pm_v4i)
+PM_DEFINE_EXP(exp8, pm_v8f, pm_v8i)
+
+PM_INLINE pm_v8f load8(const float *p)
 {
-    const pm_v4f cut = {-69.0f, -69.0f, -69.0f, -69.0f};
-    const pm_v4i keep = x >= cut; /* all ones where x >= -69 */
-    const pm_v4f v = (pm_v4f)(((pm_v4i)x & keep) | ((pm_v4i)cut & ~keep));
-    const pm_v4f t = v * 1.44269504088896341f;
-    const pm_v4f nf = (t + 12582912.0f) - 12582912.0f;
-    const pm_v4f r = (v - nf * 0.693359375f) - nf * -2.12194440e-4f;
-    pm_v4f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const pm_v4i bits = (__builtin_convertvector(nf, pm_v4i) + 127) << 23;
-    const pm_v4f y = p * (pm_v4f)bits;
-    return (pm_v4f)((pm_v4i)y & keep);
+    pm_v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
+
+PM_INLINE void store8(float *p, pm_v8f v) { memcpy(p, &v, sizeof v); }
 
 static inline pm_v4f load4(const float *p)
 {
@@ -765,13 +789,93 @@ static inline void exp_shift_row(float *e, int64_t n, float shift,
 static inline float hsum4(pm_v4f s) { return (s[0] + s[1]) + (s[2] + s[3]); }
 
 /* q = softmax(e) over the n lanes of a row (e is overwritten):
- * exp(e - max e) / sum, as densecrf computes it. */
+ * exp(e - max e) / sum, as densecrf computes it; used for the unary. */
 static void softmax_row(float *e, float *q, int64_t n)
 {
     pm_v4f acc = {0.0f, 0.0f, 0.0f, 0.0f};
     exp_shift_row(e, n, row_max(e, n), &acc);
     const float sum = hsum4(acc);
     for (int64_t c = 0; c < n; c += 4) store4(q + c, load4(e + c) / sum);
+}
+
+/* Lane-wise maximum (no NaN here). */
+#define PM_VMAX(VI, m, x) ((__typeof__(m))(((VI)(x) & (VI)((x) > (m))) |       \
+                                           ((VI)(m) & ~(VI)((x) > (m)))))
+
+/* One pixel's update over its n lanes: e = (-U + a) + b into a (a: the
+ * smoothness message, b: the appearance one, densecrf's order: -U, minus
+ * the Gaussian term, minus the bilateral one; a missing message is left
+ * out), then q = exp(e - max e) / sum, as densecrf computes it.  8 lanes
+ * at a time, then 4, the same chunks in every pass (a store and a load
+ * of different widths would stall); the sum adds the halves of the
+ * 8-lane partial sums, then the 4-lane one, then the lanes by hsum4. */
+PM_INLINE void energy_softmax_px(const float *u, float *a, const float *b,
+                                 float *q, int64_t n, int has_a, int has_b)
+{
+    const pm_v8f ninf8 = (pm_v8f){0.0f} - INFINITY;
+    const pm_v4f ninf4 = (pm_v4f){0.0f} - INFINITY;
+    pm_v8f m8 = ninf8;
+    pm_v4f m4 = ninf4;
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        pm_v8f e = load8(u + c);
+        if (has_a) e = e + load8(a + c);
+        if (has_b) e = e + load8(b + c);
+        store8(a + c, e);
+        m8 = PM_VMAX(pm_v8i, m8, e);
+    }
+    for (; c < n; c += 4) {
+        pm_v4f e = load4(u + c);
+        if (has_a) e = e + load4(a + c);
+        if (has_b) e = e + load4(b + c);
+        store4(a + c, e);
+        m4 = PM_VMAX(pm_v4i, m4, e);
+    }
+    {
+        const pm_v4f lo = {m8[0], m8[1], m8[2], m8[3]};
+        const pm_v4f hi = {m8[4], m8[5], m8[6], m8[7]};
+        m4 = PM_VMAX(pm_v4i, m4, lo);
+        m4 = PM_VMAX(pm_v4i, m4, hi);
+    }
+    const float mxa = m4[0] > m4[1] ? m4[0] : m4[1];
+    const float mxb = m4[2] > m4[3] ? m4[2] : m4[3];
+    const float mx = mxa > mxb ? mxa : mxb;
+    pm_v8f s8 = {0.0f};
+    pm_v4f s4 = {0.0f};
+    for (c = 0; c + 8 <= n; c += 8) {
+        const pm_v8f x = exp8(load8(a + c) - mx);
+        store8(a + c, x);
+        s8 += x;
+    }
+    for (; c < n; c += 4) {
+        const pm_v4f x = exp4(load4(a + c) - mx);
+        store4(a + c, x);
+        s4 += x;
+    }
+    const pm_v4f lo = {s8[0], s8[1], s8[2], s8[3]};
+    const pm_v4f hi = {s8[4], s8[5], s8[6], s8[7]};
+    const float sum = hsum4((lo + hi) + s4);
+    for (c = 0; c + 8 <= n; c += 8) store8(q + c, load8(a + c) / sum);
+    for (; c < n; c += 4) store4(q + c, load4(a + c) / sum);
+}
+
+/* energy_softmax_px over the W pixels of a row. */
+PM_INLINE void energy_softmax_body(const float *u, float *a, const float *b,
+                                   float *qn, int64_t W, int64_t P,
+                                   int has_a, int has_b)
+{
+    for (int64_t x = 0; x < W; x++)
+        energy_softmax_px(u + x * P, a + x * P, b + x * P, qn + x * P, P,
+                          has_a, has_b);
+}
+
+PM_CLONES static void energy_softmax_row(const float *u, float *a,
+                                         const float *b, float *qn, int64_t W,
+                                         int64_t P, int has_a, int has_b)
+{
+#define PM_ESM(PW) energy_softmax_body(u, a, b, qn, W, PW, has_a, has_b)
+    PM_WIDTH_SWITCH(P, PM_ESM)
+#undef PM_ESM
 }
 
 /* ------------------------------------------------------------------------ */
@@ -990,20 +1094,6 @@ static int any_nonfinite(const float *x, int64_t n, int nt)
     return bad;
 }
 
-/* e = (-U + a) + b over n values, into a, with a the smoothness message
- * and b the appearance one (densecrf's order: -U, minus the Gaussian term,
- * minus the bilateral one); a missing message is left out. */
-static inline void energy_row(const float *u, float *a, const float *b,
-                              int64_t n, int has_a, int has_b)
-{
-    if (has_a && has_b)
-        for (int64_t k = 0; k < n; k++) a[k] = (u[k] + a[k]) + b[k];
-    else if (has_a)
-        for (int64_t k = 0; k < n; k++) a[k] = u[k] + a[k];
-    else
-        for (int64_t k = 0; k < n; k++) a[k] = u[k] + b[k];
-}
-
 /* Plane-major (L, N) <-> pixel rows (N, Lp), a block of pixels at a time so
  * that each plane is read or written in runs (a pixel at a time, the planes
  * are a page apart and every access is a TLB miss). */
@@ -1129,12 +1219,8 @@ static void update_rows(const workspace *ws, const kernels *ks,
         if (has_a)
             lattice_slice_range(&ks->app->lat, ks->app->slice_w, vals, a, i0,
                                 i0 + W, P);
-        for (int64_t x = 0; x < W; x++) {
-            float *ex = er + x * P;
-            energy_row(ws->negu + (i0 + x) * P, ex, a + x * P, P, has_s,
-                       has_a);
-            softmax_row(ex, qn + (i0 + x) * P, P);
-        }
+        energy_softmax_row(ws->negu + i0 * P, er, a, qn + i0 * P, W, P,
+                           has_s, has_a);
     }
 }
 
