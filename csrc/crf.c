@@ -30,14 +30,15 @@
  * then one pass over the image rows that filters the smoothness kernel,
  * slices the appearance values, adds the unary and takes the softmax, a
  * row at a time in cache.  A batch with at least as many images as threads
- * runs one image per thread; otherwise the threads share each image,
- * splitting the vertices (splat as a gather over CSR lists, blur) and the
- * image rows.
+ * runs one image per thread; otherwise the threads share each image (see
+ * mean_field_parallel: two threads splat the two halves of the pixels,
+ * one blurs while the others filter the grid, all update the rows).
  *
  * Determinism.  The lattice is numbered by one thread in pixel order (vertex
- * ids = order of first appearance); every splat adds each vertex's
- * contributions in pixel order, starting from 0, whether it scatters or
- * gathers; every value is computed by one thread in a fixed order.  So
+ * ids = order of first appearance); a splat adds each vertex's
+ * contributions from the first half of the pixels in pixel order, starting
+ * from 0, the same from the second half, then the two sums; every value is
+ * computed by one thread in a fixed order, whichever thread it is.  So
  * marginals are bitwise identical for every thread count (and instruction
  * set: the AVX2 and baseline clones of the loops do the same IEEE
  * operations).
@@ -422,14 +423,15 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
 #define PM_CLONES
 #endif
 
-/* vals[v] = sum over points i and corners r with offset[i, r] = v of
- * w[i, r] src[i], accumulated in pixel order; (M+1, P), row 0 stays 0. */
+/* vals[v] = sum over the points i in [i0, i1) and corners r with
+ * offset[i, r] = v of w[i, r] src[i], accumulated in pixel order;
+ * (M+1, P), row 0 stays 0. */
 PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
-                          float *vals, int64_t P)
+                          float *vals, int64_t i0, int64_t i1, int64_t P)
 {
     const int d1 = L->d + 1;
     memset(vals + P, 0, (size_t)(L->M * P) * sizeof(float));
-    for (int64_t i = 0; i < L->N; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         const float *s = src + i * P;
         const int32_t *off = L->offset + i * d1;
         const float *wi = w + i * d1;
@@ -437,25 +439,6 @@ PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
             float *o = vals + (int64_t)off[r] * P;
             const float wr = wi[r];
             for (int64_t c = 0; c < P; c++) o[c] += wr * s[c];
-        }
-    }
-}
-
-/* The same sums as splat_body for the vertices [v0, v1), gathered from a
- * CSR list (start, point, w) of each vertex's entries in pixel order, so
- * the vertices can be split between threads: each row starts at 0 and adds
- * its terms in the same order as the scatter, hence the same bits. */
-PM_INLINE void gather_body(const int64_t *start, const int32_t *point,
-                           const float *w, const float *src, float *vals,
-                           int64_t v0, int64_t v1, int64_t P)
-{
-    for (int64_t v = v0; v < v1; v++) {
-        float *o = vals + v * P;
-        for (int64_t c = 0; c < P; c++) o[c] = 0.0f;
-        for (int64_t x = start[v]; x < start[v + 1]; x++) {
-            const float *s = src + (int64_t)point[x] * P;
-            const float wx = w[x];
-            for (int64_t c = 0; c < P; c++) o[c] += wx * s[c];
         }
     }
 }
@@ -510,21 +493,19 @@ PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
     }
 
 PM_CLONES static void lattice_splat(const lattice *L, const float *w,
-                                    const float *src, float *vals, int64_t P)
+                                    const float *src, float *vals, int64_t i0,
+                                    int64_t i1, int64_t P)
 {
-#define PM_SPLAT(W) splat_body(L, w, src, vals, W)
+#define PM_SPLAT(W) splat_body(L, w, src, vals, i0, i1, W)
     PM_WIDTH_SWITCH(P, PM_SPLAT)
 #undef PM_SPLAT
 }
 
-PM_CLONES static void lattice_gather(const int64_t *start,
-                                     const int32_t *point, const float *w,
-                                     const float *src, float *vals,
-                                     int64_t v0, int64_t v1, int64_t P)
+/* a[v] += b[v] for the vertices 1..M. */
+PM_CLONES static void lattice_add(const lattice *L, float *a, const float *b,
+                                  int64_t P)
 {
-#define PM_GATHER(W) gather_body(start, point, w, src, vals, v0, v1, W)
-    PM_WIDTH_SWITCH(P, PM_GATHER)
-#undef PM_GATHER
+    for (int64_t k = P; k < (L->M + 1) * P; k++) a[k] += b[k];
 }
 
 PM_CLONES static void lattice_blur_pass(const lattice *L, int j,
@@ -580,13 +561,7 @@ typedef struct {
     float *feat;    /* (N, d) features                                     */
     float *ones;    /* (N) and vertex buffers for the normalisation        */
     float *va, *vb;
-    /* For threads splitting the vertices: each vertex's entries in pixel
-     * order (CSR), with their points and splat weights. */
-    int64_t *start; /* (M+2) */
-    int32_t *csr_point;
-    float *csr_w;
-    int has_csr;
-    size_t sz_w, sz_slice, sz_feat, sz_ones, sz_v, sz_start, sz_cp, sz_cw;
+    size_t sz_w, sz_slice, sz_feat, sz_ones, sz_v;
 } kernel;
 
 static void kernel_free(kernel *k)
@@ -598,40 +573,7 @@ static void kernel_free(kernel *k)
     free(k->ones);
     free(k->va);
     free(k->vb);
-    free(k->start);
-    free(k->csr_point);
-    free(k->csr_w);
     memset(k, 0, sizeof *k);
-}
-
-/* The CSR splat lists of a built kernel (a counting sort by vertex, in
- * entry order; serial, linear). */
-static int kernel_csr(kernel *k)
-{
-    const lattice *L = &k->lat;
-    const int d1 = L->d + 1;
-    const int64_t M = L->M, np = L->N * d1;
-    if (reserve((void **)&k->start, &k->sz_start,
-                (size_t)(M + 2) * sizeof(int64_t)) ||
-        reserve((void **)&k->csr_point, &k->sz_cp,
-                (size_t)np * sizeof(int32_t)) ||
-        reserve((void **)&k->csr_w, &k->sz_cw, (size_t)np * sizeof(float)))
-        return PM_ERR_NOMEM;
-    int64_t *start = k->start;
-    memset(start, 0, (size_t)(M + 2) * sizeof(int64_t));
-    for (int64_t e = 0; e < np; e++) start[L->offset[e] + 1]++;
-    for (int64_t v = 1; v <= M + 1; v++) start[v] += start[v - 1];
-    /* start[v] is the first entry of vertex v; fill, advancing start[v]. */
-    for (int64_t e = 0; e < np; e++) {
-        const int64_t x = start[L->offset[e]]++;
-        k->csr_point[x] = (int32_t)(e / d1);
-        k->csr_w[x] = k->splat_w[e];
-    }
-    /* Each start[v] now holds the first entry of v+1: shift back. */
-    for (int64_t v = M + 1; v >= 1; v--) start[v] = start[v - 1];
-    start[0] = 0;
-    k->has_csr = 1;
-    return PM_OK;
 }
 
 /* Makes the two vertex buffers hold (M+1) rows of P floats, row 0 zero. */
@@ -656,7 +598,6 @@ static int reserve_vals(float **a, float **b, size_t *have, int64_t M,
  * weight D^{-1/2} K D^{-1/2}, with D = diag(K 1) from the same lattice. */
 static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
 {
-    k->has_csr = 0;
     int st = lattice_build(&k->lat, k->feat, N, d, nt);
     if (st != PM_OK) return st;
     const lattice *L = &k->lat;
@@ -672,7 +613,7 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
     /* K 1: splat ones, blur, slice with alpha. */
     for (int64_t i = 0; i < N; i++) k->ones[i] = 1.0f;
     for (int64_t e = 0; e < np; e++) k->slice_w[e] = alpha * L->bary[e];
-    lattice_splat(L, L->bary, k->ones, k->va, 1);
+    lattice_splat(L, L->bary, k->ones, k->va, 0, N, 1);
     const float *res = lattice_blur(L, k->va, k->vb, 1);
     lattice_slice(L, k->slice_w, res, k->ones, 1);
     /* norm = D^{-1/2} (densecrf adds 1e-20 under the root). */
@@ -1041,24 +982,64 @@ PM_CLONES static void grid_message_row(const grid_kernel *g, const float *q,
 
 /* Per-thread state: the appearance kernel of the current image and the
  * per-pixel and per-vertex values; all grow-only. */
+/* The values of one lattice kernel over an iteration: the splats of the
+ * two halves of the pixels (a, c), then the blur ping-ponging between a
+ * and b; each (M+1, Lp), row 0 zero. */
+typedef struct {
+    float *a, *b, *c;
+    size_t sz;
+} lattice_vals;
+
+/* Per-thread state: the appearance kernel of the current image and the
+ * per-pixel and per-vertex values; all grow-only. */
 typedef struct {
     kernel app;
     float *negu;    /* (N, Lp) -U = log_softmax(logits); pad lanes -inf     */
     float *q, *q1;  /* (N, Lp) marginals, this and the next iteration's     */
-    float *m1;      /* (N, Lp) messages of a smoothness lattice; scratch    */
-    float *va, *vb; /* (M+1, Lp) lattice values                             */
+    float *m1;      /* (N, Lp) smoothness messages (grid, several threads);
+                       scratch                                              */
+    lattice_vals vapp, vsmooth;
     float *rows;    /* per thread: a row line (W + 2r, Lp) with zero ends,
                        two rows (W, Lp) of energies and messages            */
     int64_t rows_stride;
-    size_t sz_rows, sz_vals, sz_scratch;
+    size_t sz_rows, sz_scratch;
 } workspace;
+
+static void vals_free(lattice_vals *v)
+{
+    free(v->a);
+    free(v->b);
+    free(v->c);
+    memset(v, 0, sizeof *v);
+}
+
+/* Makes v hold three buffers of (M+1) rows of P floats, row 0 zero. */
+static int vals_reserve(lattice_vals *v, int64_t M, int64_t P)
+{
+    const size_t need = (size_t)(M + 1) * (size_t)P * sizeof(float);
+    if (need > v->sz || !v->a || !v->b || !v->c) {
+        vals_free(v);
+        v->a = big_malloc(need);
+        v->b = big_malloc(need);
+        v->c = big_malloc(need);
+        if (!v->a || !v->b || !v->c) {
+            vals_free(v);
+            return PM_ERR_NOMEM;
+        }
+        v->sz = need;
+    }
+    memset(v->a, 0, (size_t)P * sizeof(float));
+    memset(v->b, 0, (size_t)P * sizeof(float));
+    memset(v->c, 0, (size_t)P * sizeof(float));
+    return PM_OK;
+}
 
 static void workspace_free(workspace *ws)
 {
     kernel_free(&ws->app);
     free(ws->negu);
-    free(ws->va);
-    free(ws->vb);
+    vals_free(&ws->vapp);
+    vals_free(&ws->vsmooth);
     free(ws->rows);
     memset(ws, 0, sizeof *ws);
 }
@@ -1171,87 +1152,150 @@ typedef struct {
     const kernel *app;
 } kernels;
 
-/* Splat and blur of q through lattice kernel k by thread t of T; returns
- * the buffer (va or vb) holding the blurred values.  One thread scatters
- * in pixel order; several gather their vertices from the CSR lists (the
- * same sums in the same order), with a barrier before each blur pass and
- * after the last. */
-static const float *lattice_filter(const kernel *k, const float *q,
-                                   float *va, float *vb, int64_t P, int64_t t,
-                                   int64_t T)
+/* The splat of q through lattice kernel k for the pixels of half h (0:
+ * [0, N/2), 1: [N/2, N)) into v->a or v->c, a scatter in pixel order. */
+static void splat_half(const kernel *k, const float *q, lattice_vals *v,
+                       int h, int64_t P)
 {
-    const lattice *L = &k->lat;
-    if (T == 1) {
-        lattice_splat(L, k->splat_w, q, va, P);
-        return lattice_blur(L, va, vb, P);
-    }
-    const int64_t v0 = 1 + L->M * t / T, v1 = 1 + L->M * (t + 1) / T;
-    lattice_gather(k->start, k->csr_point, k->csr_w, q, va, v0, v1, P);
-    float *a = va, *b = vb;
-    for (int j = 0; j <= L->d; j++) {
-#pragma omp barrier
-        lattice_blur_pass(L, j, a, b, v0, v1, P);
-        float *tmp = a;
-        a = b;
-        b = tmp;
-    }
-#pragma omp barrier
-    return a;
+    const int64_t N = k->lat.N, mid = N / 2;
+    lattice_splat(&k->lat, k->splat_w, q, h ? v->c : v->a, h ? mid : 0,
+                  h ? N : mid, P);
 }
 
-/* The new marginals qn of the image rows [y0, y1) from q: energies
- * -U + smoothness + appearance message (vals: the appearance lattice's
- * blurred values), then the softmax, a row at a time; scratch: this
- * thread's rows. */
-static void update_rows(const workspace *ws, const kernels *ks,
-                        const float *vals, const float *q, float *qn,
-                        float *scratch, int64_t y0, int64_t y1, int64_t W,
-                        int64_t P)
+/* The sum of the two halves' splats, blurred; returns the buffer holding
+ * the result. */
+static const float *add_blur(const kernel *k, lattice_vals *v, int64_t P)
+{
+    lattice_add(&k->lat, v->a, v->c, P);
+    return lattice_blur(&k->lat, v->a, v->b, P);
+}
+
+/* The new marginals qn of image row y from q: energies -U + smoothness +
+ * appearance message, then the softmax.  The smoothness message is
+ * sliced from a lattice (svals), computed on the grid here, or read from
+ * ws->m1 (grid, precomputed: pre != 0); avals: the appearance lattice's
+ * blurred values; scratch: this thread's rows. */
+static void update_row(const workspace *ws, const kernels *ks,
+                       const float *svals, const float *avals, int pre,
+                       const float *q, float *qn, float *scratch, int64_t y,
+                       int64_t W, int64_t P)
 {
     const int r = ks->grid ? ks->grid->r : 0;
     float *line = scratch, *e = line + (W + 2 * r) * P, *a = e + W * P;
     const int has_s = ks->grid || ks->smooth, has_a = ks->app != NULL;
-    for (int64_t y = y0; y < y1; y++) {
-        const int64_t i0 = y * W;
-        /* A smoothness lattice's messages are in m1 already. */
-        float *er = ks->smooth ? ws->m1 + i0 * P : e;
-        if (ks->grid) grid_message_row(ks->grid, q, line, er, y, P);
-        if (has_a)
-            lattice_slice_range(&ks->app->lat, ks->app->slice_w, vals, a, i0,
-                                i0 + W, P);
-        energy_softmax_row(ws->negu + i0 * P, er, a, qn + i0 * P, W, P,
-                           has_s, has_a);
+    const int64_t i0 = y * W;
+    float *er = e;
+    if (ks->grid && pre)
+        er = ws->m1 + i0 * P;
+    else if (ks->grid)
+        grid_message_row(ks->grid, q, line, e, y, P);
+    else if (ks->smooth)
+        lattice_slice_range(&ks->smooth->lat, ks->smooth->slice_w, svals, e,
+                            i0, i0 + W, P);
+    if (has_a)
+        lattice_slice_range(&ks->app->lat, ks->app->slice_w, avals, a, i0,
+                            i0 + W, P);
+    energy_softmax_row(ws->negu + i0 * P, er, a, qn + i0 * P, W, P, has_s,
+                       has_a);
+}
+
+/* Mean-field by one thread. */
+static float *mean_field_serial(workspace *ws, const kernels *ks, int64_t H,
+                                int64_t W, int64_t P, int iterations)
+{
+    float *q = ws->q, *qn = ws->q1;
+    for (int it = 0; it < iterations; it++) {
+        const float *sv = NULL, *av = NULL;
+        if (ks->smooth) {
+            splat_half(ks->smooth, q, &ws->vsmooth, 0, P);
+            splat_half(ks->smooth, q, &ws->vsmooth, 1, P);
+            sv = add_blur(ks->smooth, &ws->vsmooth, P);
+        }
+        if (ks->app) {
+            splat_half(ks->app, q, &ws->vapp, 0, P);
+            splat_half(ks->app, q, &ws->vapp, 1, P);
+            av = add_blur(ks->app, &ws->vapp, P);
+        }
+        for (int64_t y = 0; y < H; y++)
+            update_row(ws, ks, sv, av, 0, q, qn, ws->rows, y, W, P);
+        float *tmp = q;
+        q = qn;
+        qn = tmp;
+    }
+    return q;
+}
+
+/* Rows of the grid's smoothness messages into ws->m1, taken in blocks
+ * from the shared counter *next until none is left. */
+#define PM_ROW_BLOCK 4
+static void grid_rows(const workspace *ws, const grid_kernel *g,
+                      const float *q, float *scratch, int64_t *next,
+                      int64_t P)
+{
+    for (;;) {
+        const int64_t y0 = __atomic_fetch_add(next, PM_ROW_BLOCK,
+                                              __ATOMIC_RELAXED);
+        if (y0 >= g->H) return;
+        const int64_t y1 = y0 + PM_ROW_BLOCK < g->H ? y0 + PM_ROW_BLOCK : g->H;
+        for (int64_t y = y0; y < y1; y++)
+            grid_message_row(g, q, scratch, ws->m1 + y * g->W * P, y, P);
     }
 }
 
-/* Mean-field iterations on nt threads: the threads split the lattice
- * vertices (splat as a gather over the CSR lists, blur) and the image rows
- * (smoothness on the grid, slices, softmax), with barriers between the
- * passes; every value is computed by one thread in a fixed order, so the
- * bits do not depend on nt.  Q alternates between ws->q and ws->q1 (the
- * grid filter of a row reads its neighbours' old values); returns the
- * final one. */
-static float *mean_field(workspace *ws, const kernels *ks, int64_t H,
-                         int64_t W, int64_t P, int iterations, int nt)
+/* Mean-field on T >= 2 threads, three barriers an iteration.  Per lattice
+ * kernel, threads 0 and 1 splat one half of the pixels each; then thread 0
+ * adds the halves and blurs them, while the others compute the grid's
+ * smoothness messages; then all update the rows.  Rows go to whichever
+ * thread takes them next (a shared counter), so a thread that the system
+ * holds back does not hold up the rest.  Every value is computed in the
+ * same way by whichever thread: the bits are mean_field_serial's. */
+static float *mean_field_parallel(workspace *ws, const kernels *ks,
+                                  int64_t H, int64_t W, int64_t P,
+                                  int iterations, int nt)
 {
-#pragma omp parallel num_threads(nt) if (nt > 1)
+    int64_t next_grid = 0, next_row = 0;
+    const float *sv = NULL, *av = NULL;
+#pragma omp parallel num_threads(nt)
     {
-        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int64_t y0 = H * t / T, y1 = H * (t + 1) / T;
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
         float *scratch = ws->rows + t * ws->rows_stride;
         float *q = ws->q, *qn = ws->q1;
+        const kernel *lk[2] = {ks->smooth, ks->app};
+        lattice_vals *lv[2] = {&ws->vsmooth, &ws->vapp};
         for (int it = 0; it < iterations; it++) {
-            if (ks->smooth) {
-                const float *v =
-                    lattice_filter(ks->smooth, q, ws->va, ws->vb, P, t, T);
-                lattice_slice_range(&ks->smooth->lat, ks->smooth->slice_w, v,
-                                    ws->m1 + y0 * W * P, y0 * W, y1 * W, P);
-                /* The next splat overwrites what this slice reads. */
+            /* Nobody takes rows before the barrier ahead of the update. */
+            if (t == 0) next_row = 0;
+            for (int m = 0; m < 2; m++) {
+                if (!lk[m]) continue;
+                if (t == 0 || (t == 1 && T > 1)) {
+                    splat_half(lk[m], q, lv[m], t, P);
+                    if (T == 1) splat_half(lk[m], q, lv[m], 1, P);
+                } else if (ks->grid) {
+                    grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
+                }
 #pragma omp barrier
+                if (t == 0) {
+                    const float *res = add_blur(lk[m], lv[m], P);
+                    if (m == 0)
+                        sv = res;
+                    else
+                        av = res;
+                } else if (ks->grid) {
+                    grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
+                }
             }
-            const float *vals = NULL;
-            if (ks->app) vals = lattice_filter(ks->app, q, ws->va, ws->vb, P, t, T);
-            update_rows(ws, ks, vals, q, qn, scratch, y0, y1, W, P);
+            if (ks->grid) grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
+#pragma omp barrier
+            /* The grid rows are done: reset for the next iteration. */
+            if (t == 0) next_grid = 0;
+            for (;;) {
+                const int64_t y0 = __atomic_fetch_add(&next_row, PM_ROW_BLOCK,
+                                                      __ATOMIC_RELAXED);
+                if (y0 >= H) break;
+                const int64_t y1 = y0 + PM_ROW_BLOCK < H ? y0 + PM_ROW_BLOCK : H;
+                for (int64_t y = y0; y < y1; y++)
+                    update_row(ws, ks, sv, av, 1, q, qn, scratch, y, W, P);
+            }
             float *tmp = q;
             q = qn;
             qn = tmp;
@@ -1296,18 +1340,19 @@ static int crf_image(workspace *ws, kernels ks, const uint8_t *img,
                 k->feat[i * 5 + 2 + c] =
                     (float)img[i * 3 + c] / p->appearance_theta_rgb;
         st = kernel_build(k, N, 5, p->appearance_weight, nt);
-        if (st == PM_OK && nt > 1) st = kernel_csr(k);
         if (st != PM_OK) return st;
         ks.app = k;
     }
     load_unary(logits, ws, N, L, Lp, p->min_prob, nt);
     const float *q = ws->q;
     if (run && (ks.app || ks.smooth || ks.grid)) {
-        int64_t M = ks.app ? ks.app->lat.M : 0;
-        if (ks.smooth && ks.smooth->lat.M > M) M = ks.smooth->lat.M;
-        st = reserve_vals(&ws->va, &ws->vb, &ws->sz_vals, M, Lp);
-        if (st != PM_OK) return st;
-        q = mean_field(ws, &ks, H, W, Lp, p->iterations, nt);
+        if (ks.app && vals_reserve(&ws->vapp, ks.app->lat.M, Lp) != PM_OK)
+            return PM_ERR_NOMEM;
+        if (ks.smooth &&
+            vals_reserve(&ws->vsmooth, ks.smooth->lat.M, Lp) != PM_OK)
+            return PM_ERR_NOMEM;
+        q = nt > 1 ? mean_field_parallel(ws, &ks, H, W, Lp, p->iterations, nt)
+                   : mean_field_serial(ws, &ks, H, W, Lp, p->iterations);
     }
     rows_to_planes(q, out, N, L, Lp, nt);
     return PM_OK;
@@ -1383,7 +1428,6 @@ static int smooth_kernel(pm_crf_ctx *ctx, int64_t H, int64_t W,
         return PM_ERR_NOMEM;
     position_features(k->feat, H, W, p->smoothness_theta_xy, 2);
     int st = kernel_build(k, N, 2, p->smoothness_weight, nt);
-    if (st == PM_OK) st = kernel_csr(k); /* for the spatial split */
     if (st != PM_OK) return st;
     ctx->smooth_h = H;
     ctx->smooth_w = W;
@@ -1492,7 +1536,7 @@ int pm_permutohedral_filter(const float *features, const float *values,
         for (int64_t i = 0; i < N; i++)
             for (int64_t c = 0; c < P; c++)
                 row[i * P + c] = c < V ? values[i * V + c] : 0.0f;
-        lattice_splat(&L, L.bary, row, va, P);
+        lattice_splat(&L, L.bary, row, va, 0, N, P);
         const float *res = lattice_blur(&L, va, vb, P);
         lattice_slice(&L, w, res, row, P);
         for (int64_t i = 0; i < N; i++)

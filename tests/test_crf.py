@@ -261,15 +261,27 @@ def test_batch_equals_loop(rng, photo):
         assert np.array_equal(batch[b], primaps.dense_crf(imgs[b], logits[b]))
 
 
-@pytest.mark.parametrize("L", [1, 2, 6, 9, 27])
-def test_identical_for_every_thread_count(threads, rng, photo, L):
+@pytest.mark.parametrize(
+    "L, params",
+    [
+        (1, {}),
+        (2, {}),
+        (6, {}),
+        (9, {}),
+        (27, {}),
+        (5, dict(smoothness_theta_xy=6.0)),  # two lattices
+        (5, dict(appearance_weight=0.0)),  # the grid alone
+        (5, dict(smoothness_weight=0.0)),  # the appearance lattice alone
+    ],
+)
+def test_identical_for_every_thread_count(threads, rng, photo, L, params):
     img = np.ascontiguousarray(photo[:64, :80])
     imgs = np.stack([img, photo[64:128, 80:160], photo[-64:, -80:]])
     logits = rng.normal(0, 2, (3, L, 64, 80)).astype(np.float32)
     ref_one = ref_batch = None
     for n in (1, 2, 3, 4, 7):
         threads(n)
-        one, batch = primaps.dense_crf(img, logits[0]), primaps.dense_crf(imgs, logits)
+        one, batch = primaps.dense_crf(img, logits[0], **params), primaps.dense_crf(imgs, logits, **params)
         if ref_one is None:
             ref_one, ref_batch = one, batch
         assert np.array_equal(one, ref_one), n
