@@ -69,6 +69,16 @@ typedef struct {
     int32_t id; /* vertex id >= 1; 0 marks an empty slot */
 } lat_slot;
 
+/* Vertices numbered 1..M in order of first appearance: their keys and a
+ * hash table from key to number. */
+typedef struct {
+    int64_t M;
+    uint64_t *keys;   /* (M+1, 2) packed key of each vertex                */
+    lat_slot *table;  /* open addressing, linear probing                   */
+    int64_t cap;      /* table slots, a power of two                       */
+    size_t sz_table, sz_keys; /* bytes                                     */
+} vtable;
+
 /* A lattice and the scratch of its construction.  Buffers only grow, so a
  * lattice rebuilt for every image of a batch allocates once per size. */
 typedef struct {
@@ -79,11 +89,12 @@ typedef struct {
     int32_t *rem0;          /* (N, d+1) construction scratch               */
     int8_t *rank;           /* (N, d+1) construction scratch               */
     int32_t *nbr;           /* (d+1, M+1, 2) blur neighbours, 0 = none     */
-    uint64_t *keys;         /* (M+1, 2) packed key of each vertex          */
-    lat_slot *table;        /* open addressing, linear probing             */
-    int64_t cap;            /* table slots, a power of two                 */
+    vtable tab;             /* the vertices; tab.M == M                    */
+    vtable side;            /* those of the second half of the points,
+                               numbered apart by a second thread           */
+    int32_t *map;           /* (side.M + 1) side numbers -> tab numbers    */
     size_t sz_pts;          /* entries (N (d+1)) the point arrays hold     */
-    size_t sz_nbr, sz_table, sz_keys; /* bytes                             */
+    size_t sz_nbr, sz_map;  /* bytes                                       */
 } lattice;
 
 /* ------------------------------------------------------------------------ */
@@ -126,8 +137,11 @@ static void lattice_free(lattice *L)
     free(L->rem0);
     free(L->rank);
     free(L->nbr);
-    free(L->keys);
-    free(L->table);
+    free(L->tab.keys);
+    free(L->tab.table);
+    free(L->side.keys);
+    free(L->side.table);
+    free(L->map);
     memset(L, 0, sizeof *L);
 }
 
@@ -145,12 +159,12 @@ static inline uint64_t key_hash(uint64_t k0, uint64_t k1)
     return h;
 }
 
-static inline int32_t table_find(const lattice *L, uint64_t k0, uint64_t k1)
+static inline int32_t table_find(const vtable *T, uint64_t k0, uint64_t k1)
 {
-    const uint64_t mask = (uint64_t)L->cap - 1;
+    const uint64_t mask = (uint64_t)T->cap - 1;
     uint64_t h = key_hash(k0, k1) & mask;
     for (;;) {
-        const lat_slot *s = L->table + h;
+        const lat_slot *s = T->table + h;
         if (s->id == 0) return 0;
         if (s->k0 == k0 && s->k1 == k1) return s->id;
         h = (h + 1) & mask;
@@ -158,43 +172,53 @@ static inline int32_t table_find(const lattice *L, uint64_t k0, uint64_t k1)
 }
 
 /* Places vertex id (whose key is not in the table) into a free slot. */
-static inline void table_place(lattice *L, uint64_t k0, uint64_t k1,
+static inline void table_place(vtable *T, uint64_t k0, uint64_t k1,
                                int32_t id)
 {
-    const uint64_t mask = (uint64_t)L->cap - 1;
+    const uint64_t mask = (uint64_t)T->cap - 1;
     uint64_t h = key_hash(k0, k1) & mask;
-    while (L->table[h].id != 0) h = (h + 1) & mask;
-    L->table[h].k0 = k0;
-    L->table[h].k1 = k1;
-    L->table[h].id = id;
+    while (T->table[h].id != 0) h = (h + 1) & mask;
+    T->table[h].k0 = k0;
+    T->table[h].k1 = k1;
+    T->table[h].id = id;
 }
 
 /* Sizes the table for `expect` vertices (load <= 1/4) and reinserts the
  * vertices 1..M already known.  It starts small and grows with the vertex
  * count, so it stays in cache for the lattices of colour images, which
  * have far fewer vertices than pixels. */
-static int table_resize(lattice *L, int64_t expect)
+static int table_resize(vtable *T, int64_t expect)
 {
     int64_t cap = 4096;
     while (cap < 4 * expect) cap *= 2;
-    if (reserve((void **)&L->table, &L->sz_table,
+    if (reserve((void **)&T->table, &T->sz_table,
                 (size_t)cap * sizeof(lat_slot)) != PM_OK)
         return PM_ERR_NOMEM;
-    L->cap = cap;
-    memset(L->table, 0, (size_t)cap * sizeof(lat_slot));
-    for (int64_t v = 1; v <= L->M; v++)
-        table_place(L, L->keys[2 * v], L->keys[2 * v + 1], (int32_t)v);
+    T->cap = cap;
+    memset(T->table, 0, (size_t)cap * sizeof(lat_slot));
+    for (int64_t v = 1; v <= T->M; v++)
+        table_place(T, T->keys[2 * v], T->keys[2 * v + 1], (int32_t)v);
     return PM_OK;
 }
 
+/* An empty table whose keys array holds up to `most` vertices. */
+static int table_init(vtable *T, int64_t most)
+{
+    T->M = 0;
+    if (reserve((void **)&T->keys, &T->sz_keys,
+                (size_t)(most + 1) * 2 * sizeof(uint64_t)) != PM_OK)
+        return PM_ERR_NOMEM;
+    return table_resize(T, 0);
+}
+
 /* The id of key (k0, k1), inserting it as vertex M+1 if new. */
-static inline int table_insert(lattice *L, uint64_t k0, uint64_t k1,
+static inline int table_insert(vtable *T, uint64_t k0, uint64_t k1,
                                int32_t *id)
 {
-    const uint64_t mask = (uint64_t)L->cap - 1;
+    const uint64_t mask = (uint64_t)T->cap - 1;
     uint64_t h = key_hash(k0, k1) & mask;
     for (;;) {
-        lat_slot *s = L->table + h;
+        lat_slot *s = T->table + h;
         if (s->id == 0) break;
         if (s->k0 == k0 && s->k1 == k1) {
             *id = s->id;
@@ -202,14 +226,14 @@ static inline int table_insert(lattice *L, uint64_t k0, uint64_t k1,
         }
         h = (h + 1) & mask;
     }
-    const int64_t v = ++L->M;
-    L->keys[2 * v] = k0;
-    L->keys[2 * v + 1] = k1;
+    const int64_t v = ++T->M;
+    T->keys[2 * v] = k0;
+    T->keys[2 * v + 1] = k1;
     *id = (int32_t)v;
-    if (2 * L->M > L->cap) return table_resize(L, L->M);
-    L->table[h].k0 = k0;
-    L->table[h].k1 = k1;
-    L->table[h].id = (int32_t)v;
+    if (2 * T->M > T->cap) return table_resize(T, T->M);
+    T->table[h].k0 = k0;
+    T->table[h].k1 = k1;
+    T->table[h].id = (int32_t)v;
     return PM_OK;
 }
 
@@ -300,6 +324,79 @@ static inline void vertex_key(const int32_t *rem0, const int8_t *rank, int d,
     *k1 = w[1];
 }
 
+/* Numbers in T the vertices of the located points [i0, i1) in order of
+ * first appearance, writing their ids into L->offset.  A point in the
+ * same simplex as its predecessor (neighbouring pixels of similar colour)
+ * reuses its vertex ids. */
+static int number_range(const lattice *L, vtable *T, int64_t i0, int64_t i1)
+{
+    const int d = L->d, d1 = d + 1;
+    for (int64_t i = i0; i < i1; i++) {
+        const int32_t *rem = L->rem0 + i * d1;
+        const int8_t *rk = L->rank + i * d1;
+        int32_t *off = L->offset + i * d1;
+        if (i > i0 && !memcmp(rem, rem - d1, (size_t)d * sizeof(int32_t)) &&
+            !memcmp(rk, rk - d1, (size_t)d)) {
+            memcpy(off, off - d1, (size_t)d1 * sizeof(int32_t));
+            continue;
+        }
+        for (int r = 0; r <= d; r++) {
+            uint64_t k0, k1;
+            vertex_key(rem, rk, d, r, &k0, &k1);
+            const int st = table_insert(T, k0, k1, off + r);
+            if (st != PM_OK) return st;
+        }
+    }
+    return PM_OK;
+}
+
+/* Numbers the vertices of the located points in order of first appearance
+ * (ids 1..M).  On several threads, a second thread numbers the second
+ * half of the points apart while the first numbers the first half; then
+ * the second half's vertices, in their own order of first appearance, get
+ * the first half's id or the next new one, which is exactly the numbering
+ * of one pass over all the points: the same lattice for any nt. */
+#define PM_SPLIT_MIN 4096
+static int number_vertices(lattice *L, int nt)
+{
+    const int64_t N = L->N, d1 = L->d + 1;
+    const int64_t mid = nt > 1 && N >= PM_SPLIT_MIN ? N / 2 : N;
+    /* At most N (d+1) vertices; pages past the ones used are never
+     * touched. */
+    if (table_init(&L->tab, N * d1) != PM_OK) return PM_ERR_NOMEM;
+    if (mid == N) {
+        const int st = number_range(L, &L->tab, 0, N);
+        L->M = L->tab.M;
+        return st;
+    }
+    if (table_init(&L->side, (N - mid) * d1) != PM_OK) return PM_ERR_NOMEM;
+    int st0 = PM_OK, st1 = PM_OK;
+#pragma omp parallel num_threads(2)
+    {
+        if (omp_get_thread_num() == 0) st0 = number_range(L, &L->tab, 0, mid);
+        if (omp_get_thread_num() == 1 || omp_get_num_threads() == 1)
+            st1 = number_range(L, &L->side, mid, N);
+    }
+    if (st0 != PM_OK) return st0;
+    if (st1 != PM_OK) return st1;
+    const vtable *S = &L->side;
+    if (reserve((void **)&L->map, &L->sz_map,
+                (size_t)(S->M + 1) * sizeof(int32_t)) != PM_OK)
+        return PM_ERR_NOMEM;
+    L->map[0] = 0;
+    for (int64_t u = 1; u <= S->M; u++) {
+        const int st = table_insert(&L->tab, S->keys[2 * u],
+                                    S->keys[2 * u + 1], &L->map[u]);
+        if (st != PM_OK) return st;
+    }
+    int32_t *off = L->offset;
+    const int32_t *map = L->map;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t e = mid * d1; e < N * d1; e++) off[e] = map[off[e]];
+    L->M = L->tab.M;
+    return PM_OK;
+}
+
 /* Builds the lattice of N points f (N, d) with nt threads (1 inside an
  * outer parallel region).  Returns PM_ERR_ARG for points out of range. */
 static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
@@ -323,10 +420,6 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
             return PM_ERR_NOMEM;
         }
     }
-    /* At most N (d+1) vertices; pages past the ones used are never touched. */
-    if (reserve((void **)&L->keys, &L->sz_keys,
-                (np + 1) * 2 * sizeof(uint64_t)) != PM_OK)
-        return PM_ERR_NOMEM;
     L->d = d;
     L->N = N;
     L->M = 0;
@@ -345,27 +438,9 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
                               L->rank + i * d1, L->bary + i * d1);
     if (bad) return PM_ERR_ARG;
 
-    /* 2. Number the vertices in order of first appearance (serial).  A
-     * point in the same simplex as its predecessor (neighbouring pixels of
-     * similar colour) reuses its vertex ids. */
-    int st = table_resize(L, 0);
+    /* 2. Number the vertices in order of first appearance. */
+    int st = number_vertices(L, nt);
     if (st != PM_OK) return st;
-    for (int64_t i = 0; i < N; i++) {
-        const int32_t *rem = L->rem0 + i * d1;
-        const int8_t *rk = L->rank + i * d1;
-        int32_t *off = L->offset + i * d1;
-        if (i > 0 && !memcmp(rem, rem - d1, (size_t)d * sizeof(int32_t)) &&
-            !memcmp(rk, rk - d1, (size_t)d)) {
-            memcpy(off, off - d1, (size_t)d1 * sizeof(int32_t));
-            continue;
-        }
-        for (int r = 0; r <= d; r++) {
-            uint64_t k0, k1;
-            vertex_key(rem, rk, d, r, &k0, &k1);
-            st = table_insert(L, k0, k1, off + r);
-            if (st != PM_OK) return st;
-        }
-    }
     const int64_t M = L->M;
 
     /* 3. Blur neighbours along each direction j: n1 = key + (d+1) e_j - 1,
@@ -392,9 +467,9 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
             int32_t *nb = L->nbr + (size_t)j * (size_t)(M + 1) * 2;
 #pragma omp for schedule(static)
             for (int64_t v = 1; v <= M; v++) {
-                const uint64_t k0 = L->keys[2 * v] - ones[0] + add[0];
-                const uint64_t k1 = L->keys[2 * v + 1] - ones[1] + add[1];
-                const int32_t n1 = table_find(L, k0, k1);
+                const uint64_t k0 = L->tab.keys[2 * v] - ones[0] + add[0];
+                const uint64_t k1 = L->tab.keys[2 * v + 1] - ones[1] + add[1];
+                const int32_t n1 = table_find(&L->tab, k0, k1);
                 nb[2 * v] = n1;
                 if (n1) nb[2 * n1 + 1] = (int32_t)v;
             }
