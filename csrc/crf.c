@@ -64,17 +64,15 @@
  * fields; such features (a theta far below a pixel) are refused. */
 #define LAT_MAX_COORD 524288.0
 
-typedef struct {
-    uint64_t k0, k1;
-    int32_t id; /* vertex id >= 1; 0 marks an empty slot */
-} lat_slot;
-
 /* Vertices numbered 1..M in order of first appearance: their keys and a
- * hash table from key to number. */
+ * hash table from key to number.  A slot holds the upper 32 bits of the
+ * key's hash above the vertex id (0: empty); only on equal hash bits are
+ * the keys compared.  8-byte slots keep the table of a colour image's
+ * lattice in the L2 cache: lookups that miss it were most of the cost. */
 typedef struct {
     int64_t M;
     uint64_t *keys;   /* (M+1, 2) packed key of each vertex                */
-    lat_slot *table;  /* open addressing, linear probing                   */
+    uint64_t *table;  /* open addressing, linear probing                   */
     int64_t cap;      /* table slots, a power of two                       */
     size_t sz_table, sz_keys; /* bytes                                     */
 } vtable;
@@ -161,13 +159,15 @@ static inline uint64_t key_hash(uint64_t k0, uint64_t k1)
 
 static inline int32_t table_find(const vtable *T, uint64_t k0, uint64_t k1)
 {
-    const uint64_t mask = (uint64_t)T->cap - 1;
-    uint64_t h = key_hash(k0, k1) & mask;
-    for (;;) {
-        const lat_slot *s = T->table + h;
-        if (s->id == 0) return 0;
-        if (s->k0 == k0 && s->k1 == k1) return s->id;
-        h = (h + 1) & mask;
+    const uint64_t mask = (uint64_t)T->cap - 1, h = key_hash(k0, k1);
+    const uint64_t tag = h >> 32;
+    for (uint64_t at = h & mask;; at = (at + 1) & mask) {
+        const uint64_t s = T->table[at];
+        if (s == 0) return 0;
+        const int64_t id = (int64_t)(s & 0xFFFFFFFFu);
+        if (s >> 32 == tag && T->keys[2 * id] == k0 &&
+            T->keys[2 * id + 1] == k1)
+            return (int32_t)id;
     }
 }
 
@@ -175,27 +175,24 @@ static inline int32_t table_find(const vtable *T, uint64_t k0, uint64_t k1)
 static inline void table_place(vtable *T, uint64_t k0, uint64_t k1,
                                int32_t id)
 {
-    const uint64_t mask = (uint64_t)T->cap - 1;
-    uint64_t h = key_hash(k0, k1) & mask;
-    while (T->table[h].id != 0) h = (h + 1) & mask;
-    T->table[h].k0 = k0;
-    T->table[h].k1 = k1;
-    T->table[h].id = id;
+    const uint64_t mask = (uint64_t)T->cap - 1, h = key_hash(k0, k1);
+    uint64_t at = h & mask;
+    while (T->table[at] != 0) at = (at + 1) & mask;
+    T->table[at] = (h >> 32) << 32 | (uint64_t)(uint32_t)id;
 }
 
 /* Sizes the table for `expect` vertices (load <= 1/4) and reinserts the
  * vertices 1..M already known.  It starts small and grows with the vertex
- * count, so it stays in cache for the lattices of colour images, which
- * have far fewer vertices than pixels. */
+ * count. */
 static int table_resize(vtable *T, int64_t expect)
 {
     int64_t cap = 4096;
     while (cap < 4 * expect) cap *= 2;
     if (reserve((void **)&T->table, &T->sz_table,
-                (size_t)cap * sizeof(lat_slot)) != PM_OK)
+                (size_t)cap * sizeof(uint64_t)) != PM_OK)
         return PM_ERR_NOMEM;
     T->cap = cap;
-    memset(T->table, 0, (size_t)cap * sizeof(lat_slot));
+    memset(T->table, 0, (size_t)cap * sizeof(uint64_t));
     for (int64_t v = 1; v <= T->M; v++)
         table_place(T, T->keys[2 * v], T->keys[2 * v + 1], (int32_t)v);
     return PM_OK;
@@ -215,25 +212,25 @@ static int table_init(vtable *T, int64_t most)
 static inline int table_insert(vtable *T, uint64_t k0, uint64_t k1,
                                int32_t *id)
 {
-    const uint64_t mask = (uint64_t)T->cap - 1;
-    uint64_t h = key_hash(k0, k1) & mask;
-    for (;;) {
-        lat_slot *s = T->table + h;
-        if (s->id == 0) break;
-        if (s->k0 == k0 && s->k1 == k1) {
-            *id = s->id;
+    const uint64_t mask = (uint64_t)T->cap - 1, h = key_hash(k0, k1);
+    const uint64_t tag = h >> 32;
+    uint64_t at = h & mask;
+    for (;; at = (at + 1) & mask) {
+        const uint64_t s = T->table[at];
+        if (s == 0) break;
+        const int64_t v = (int64_t)(s & 0xFFFFFFFFu);
+        if (s >> 32 == tag && T->keys[2 * v] == k0 &&
+            T->keys[2 * v + 1] == k1) {
+            *id = (int32_t)v;
             return PM_OK;
         }
-        h = (h + 1) & mask;
     }
     const int64_t v = ++T->M;
     T->keys[2 * v] = k0;
     T->keys[2 * v + 1] = k1;
     *id = (int32_t)v;
     if (2 * T->M > T->cap) return table_resize(T, T->M);
-    T->table[h].k0 = k0;
-    T->table[h].k1 = k1;
-    T->table[h].id = (int32_t)v;
+    T->table[at] = tag << 32 | (uint64_t)v;
     return PM_OK;
 }
 
