@@ -495,6 +495,72 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
 #define PM_CLONES
 #endif
 
+/* Vectors of 4 and 8 lanes (GCC/Clang vector extensions): the loops over
+ * a row's lanes are written with them, since the compiler does not
+ * vectorise loops whose source and destination rows may alias.  Each
+ * lane does the same IEEE operations as a scalar loop would. */
+typedef float pm_v4f __attribute__((vector_size(16)));
+typedef int32_t pm_v4i __attribute__((vector_size(16)));
+typedef float pm_v8f __attribute__((vector_size(32)));
+typedef int32_t pm_v8i __attribute__((vector_size(32)));
+
+/* 8-lane values pass by value between always-inlined helpers only, never
+ * across a call, so GCC's note that their ABI depends on AVX is moot. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+PM_INLINE pm_v8f load8(const float *p)
+{
+    pm_v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+PM_INLINE void store8(float *p, pm_v8f v) { memcpy(p, &v, sizeof v); }
+
+static inline pm_v4f load4(const float *p)
+{
+    pm_v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store4(float *p, pm_v4f v) { memcpy(p, &v, sizeof v); }
+
+/* Row operations on P lanes: 8 lanes at a time, then 4, then 1 (P = 1 for
+ * the normalisation).  o += w s: */
+PM_INLINE void row_axpy(float *o, float w, const float *s, int64_t P)
+{
+    int64_t c = 0;
+    for (; c + 8 <= P; c += 8) store8(o + c, load8(o + c) + w * load8(s + c));
+    for (; c + 4 <= P; c += 4) store4(o + c, load4(o + c) + w * load4(s + c));
+    for (; c < P; c++) o[c] += w * s[c];
+}
+
+/* o = w s: */
+PM_INLINE void row_scale(float *o, float w, const float *s, int64_t P)
+{
+    int64_t c = 0;
+    for (; c + 8 <= P; c += 8) store8(o + c, w * load8(s + c));
+    for (; c + 4 <= P; c += 4) store4(o + c, w * load4(s + c));
+    for (; c < P; c++) o[c] = w * s[c];
+}
+
+/* o = s + 0.5 (a + b): */
+PM_INLINE void row_blur(float *o, const float *s, const float *a,
+                        const float *b, int64_t P)
+{
+    int64_t c = 0;
+    for (; c + 8 <= P; c += 8)
+        store8(o + c,
+               load8(s + c) + 0.5f * (load8(a + c) + load8(b + c)));
+    for (; c + 4 <= P; c += 4)
+        store4(o + c,
+               load4(s + c) + 0.5f * (load4(a + c) + load4(b + c)));
+    for (; c < P; c++) o[c] = s[c] + 0.5f * (a[c] + b[c]);
+}
+
 /* vals[v] = sum over the points i in [i0, i1) and corners r with
  * offset[i, r] = v of w[i, r] src[i], accumulated in pixel order;
  * (M+1, P), row 0 stays 0. */
@@ -507,11 +573,8 @@ PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
         const float *s = src + i * P;
         const int32_t *off = L->offset + i * d1;
         const float *wi = w + i * d1;
-        for (int r = 0; r < d1; r++) {
-            float *o = vals + (int64_t)off[r] * P;
-            const float wr = wi[r];
-            for (int64_t c = 0; c < P; c++) o[c] += wr * s[c];
-        }
+        for (int r = 0; r < d1; r++)
+            row_axpy(vals + (int64_t)off[r] * P, wi[r], s, P);
     }
 }
 
@@ -525,8 +588,7 @@ PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
         const float *s = a + v * P;
         const float *n1 = a + (int64_t)nb[2 * v] * P;
         const float *n2 = a + (int64_t)nb[2 * v + 1] * P;
-        float *o = b + v * P;
-        for (int64_t c = 0; c < P; c++) o[c] = s[c] + 0.5f * (n1[c] + n2[c]);
+        row_blur(b + v * P, s, n1, n2, P);
     }
 }
 
@@ -540,13 +602,9 @@ PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
         float *o = dst + (i - i0) * P;
         const int32_t *off = L->offset + i * d1;
         const float *wi = w + i * d1;
-        const float *r0 = vals + (int64_t)off[0] * P;
-        for (int64_t c = 0; c < P; c++) o[c] = wi[0] * r0[c];
-        for (int r = 1; r < d1; r++) {
-            const float *rv = vals + (int64_t)off[r] * P;
-            const float wr = wi[r];
-            for (int64_t c = 0; c < P; c++) o[c] += wr * rv[c];
-        }
+        row_scale(o, wi[0], vals + (int64_t)off[0] * P, P);
+        for (int r = 1; r < d1; r++)
+            row_axpy(o, wi[r], vals + (int64_t)off[r] * P, P);
     }
 }
 
@@ -716,17 +774,6 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
  * Arguments below -69, i.e. probabilities under 1e-30, give exactly 0, so
  * no subnormal ever enters the message passing (subnormal arithmetic is
  * slow); -inf (pad lanes) gives 0. */
-typedef float pm_v4f __attribute__((vector_size(16)));
-typedef int32_t pm_v4i __attribute__((vector_size(16)));
-typedef float pm_v8f __attribute__((vector_size(32)));
-typedef int32_t pm_v8i __attribute__((vector_size(32)));
-
-/* 8-lane values pass by value between always-inlined helpers only, never
- * across a call, so GCC's note that their ABI depends on AVX is moot. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 /* exp over the lanes of a vector of type VF (ints VI), as described above;
  * the 8-lane version does per lane what the 4-lane one does. */
 #define PM_DEFINE_EXP(NAME, VF, VI)                                           \
@@ -752,24 +799,6 @@ typedef int32_t pm_v8i __attribute__((vector_size(32)));
 
 PM_DEFINE_EXP(exp4, pm_v4f, pm_v4i)
 PM_DEFINE_EXP(exp8, pm_v8f, pm_v8i)
-
-PM_INLINE pm_v8f load8(const float *p)
-{
-    pm_v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-PM_INLINE void store8(float *p, pm_v8f v) { memcpy(p, &v, sizeof v); }
-
-static inline pm_v4f load4(const float *p)
-{
-    pm_v4f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store4(float *p, pm_v4f v) { memcpy(p, &v, sizeof v); }
 
 /* The largest of the n floats of a row (n a multiple of 4; max is exact,
  * so the order does not matter). */
