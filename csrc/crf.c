@@ -31,8 +31,9 @@
  * slices the appearance values, adds the unary and takes the softmax, a
  * row at a time in cache.  A batch with at least as many images as threads
  * runs one image per thread; otherwise the threads share each image (see
- * mean_field_parallel: two threads splat the two halves of the pixels,
- * one blurs while the others filter the grid, all update the rows).
+ * mean_field_parallel: the splats of the two halves of the pixels, the
+ * blur, the grid's rows and the row updates go to whichever thread is
+ * free, two barriers an iteration).
  *
  * Determinism.  The lattice is numbered by one thread in pixel order (vertex
  * ids = order of first appearance); a splat adds each vertex's
@@ -1343,59 +1344,64 @@ static void grid_rows(const workspace *ws, const grid_kernel *g,
     }
 }
 
-/* Mean-field on T >= 2 threads, three barriers an iteration.  Per lattice
- * kernel, threads 0 and 1 splat one half of the pixels each; then thread 0
- * adds the halves and blurs them, while the others compute the grid's
- * smoothness messages; then all update the rows.  Rows go to whichever
- * thread takes them next (a shared counter), so a thread that the system
- * holds back does not hold up the rest.  Every value is computed in the
- * same way by whichever thread: the bits are mean_field_serial's. */
+/* Mean-field on T >= 2 threads, two barriers an iteration, every piece of
+ * work going to whichever thread is free, so that a thread the system
+ * holds back holds up the others as little as possible.  Per iteration:
+ * the splats of the two halves of the pixels of each lattice kernel are
+ * tasks taken from a shared counter; the thread that completes a kernel's
+ * second half adds the halves and blurs them; threads without a task
+ * compute the grid's smoothness messages, rows taken from a counter;
+ * barrier; then all update the rows, taken from a counter; barrier.
+ * Every value is computed in the same way by whichever thread: the bits
+ * are mean_field_serial's. */
 static float *mean_field_parallel(workspace *ws, const kernels *ks,
                                   int64_t H, int64_t W, int64_t P,
                                   int iterations, int nt)
 {
-    int64_t next_grid = 0, next_row = 0;
-    const float *sv = NULL, *av = NULL;
+    const kernel *lk[2] = {ks->smooth, ks->app};
+    lattice_vals *lv[2] = {&ws->vsmooth, &ws->vapp};
+    const float *res[2] = {NULL, NULL};
+    /* Tasks 2m + h: kernel m, half h; the kernels present only. */
+    int tasks[4], ntasks = 0;
+    for (int m = 0; m < 2; m++)
+        if (lk[m]) {
+            tasks[ntasks++] = 2 * m;
+            tasks[ntasks++] = 2 * m + 1;
+        }
+    int64_t next_task = 0, next_grid = 0, next_row = 0;
+    int done[2] = {0, 0};
 #pragma omp parallel num_threads(nt)
     {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int t = omp_get_thread_num();
         float *scratch = ws->rows + t * ws->rows_stride;
         float *q = ws->q, *qn = ws->q1;
-        const kernel *lk[2] = {ks->smooth, ks->app};
-        lattice_vals *lv[2] = {&ws->vsmooth, &ws->vapp};
         for (int it = 0; it < iterations; it++) {
-            /* Nobody takes rows before the barrier ahead of the update. */
+            /* Nobody takes rows before the next barrier. */
             if (t == 0) next_row = 0;
-            for (int m = 0; m < 2; m++) {
-                if (!lk[m]) continue;
-                if (t == 0 || (t == 1 && T > 1)) {
-                    splat_half(lk[m], q, lv[m], t, P);
-                    if (T == 1) splat_half(lk[m], q, lv[m], 1, P);
-                } else if (ks->grid) {
-                    grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
-                }
-#pragma omp barrier
-                if (t == 0) {
-                    const float *res = add_blur(lk[m], lv[m], P);
-                    if (m == 0)
-                        sv = res;
-                    else
-                        av = res;
-                } else if (ks->grid) {
-                    grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
-                }
+            for (;;) {
+                const int64_t k = __atomic_fetch_add(&next_task, 1,
+                                                     __ATOMIC_RELAXED);
+                if (k >= ntasks) break;
+                const int m = tasks[k] / 2, h = tasks[k] % 2;
+                splat_half(lk[m], q, lv[m], h, P);
+                if (__atomic_add_fetch(&done[m], 1, __ATOMIC_ACQ_REL) == 2)
+                    res[m] = add_blur(lk[m], lv[m], P);
             }
             if (ks->grid) grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
 #pragma omp barrier
-            /* The grid rows are done: reset for the next iteration. */
-            if (t == 0) next_grid = 0;
+            /* Nobody takes tasks or grid rows before the next barrier. */
+            if (t == 0) {
+                next_task = next_grid = 0;
+                done[0] = done[1] = 0;
+            }
             for (;;) {
                 const int64_t y0 = __atomic_fetch_add(&next_row, PM_ROW_BLOCK,
                                                       __ATOMIC_RELAXED);
                 if (y0 >= H) break;
                 const int64_t y1 = y0 + PM_ROW_BLOCK < H ? y0 + PM_ROW_BLOCK : H;
                 for (int64_t y = y0; y < y1; y++)
-                    update_row(ws, ks, sv, av, 1, q, qn, scratch, y, W, P);
+                    update_row(ws, ks, res[0], res[1], 1, q, qn, scratch, y,
+                               W, P);
             }
             float *tmp = q;
             q = qn;
