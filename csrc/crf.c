@@ -368,12 +368,13 @@ static int number_vertices(lattice *L, int nt)
         return st;
     }
     if (table_init(&L->side, (N - mid) * d1) != PM_OK) return PM_ERR_NOMEM;
-    int st0 = PM_OK, st1 = PM_OK;
+    int st0 = PM_OK, st1 = PM_OK, next = 0;
 #pragma omp parallel num_threads(2)
-    {
-        if (omp_get_thread_num() == 0) st0 = number_range(L, &L->tab, 0, mid);
-        if (omp_get_thread_num() == 1 || omp_get_num_threads() == 1)
-            st1 = number_range(L, &L->side, mid, N);
+    for (;;) { /* the halves go to whichever thread is free */
+        const int h = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+        if (h == 0) st0 = number_range(L, &L->tab, 0, mid);
+        if (h == 1) st1 = number_range(L, &L->side, mid, N);
+        if (h >= 1) break;
     }
     if (st0 != PM_OK) return st0;
     if (st1 != PM_OK) return st1;
@@ -389,7 +390,7 @@ static int number_vertices(lattice *L, int nt)
     }
     int32_t *off = L->offset;
     const int32_t *map = L->map;
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, 8192) num_threads(nt)
     for (int64_t e = mid * d1; e < N * d1; e++) off[e] = map[off[e]];
     L->M = L->tab.M;
     return PM_OK;
@@ -429,7 +430,7 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
 
     /* 1. Locate every point (parallel, independent). */
     int bad = 0;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) \
+#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if (nt > 1) \
     reduction(| : bad)
     for (int64_t i = 0; i < N; i++)
         bad |= lattice_locate(f + i * d, d, sf, L->rem0 + i * d1,
@@ -453,7 +454,7 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
         ones[i / 3] += (uint64_t)1 << (LAT_FIELD_BITS * (i % 3));
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 8192)
         for (int64_t t = 0; t < (int64_t)d1 * (M + 1); t++) {
             L->nbr[2 * t] = 0;
             L->nbr[2 * t + 1] = 0;
@@ -463,7 +464,7 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
             if (j < d)
                 add[j / 3] = (uint64_t)d1 << (LAT_FIELD_BITS * (j % 3));
             int32_t *nb = L->nbr + (size_t)j * (size_t)(M + 1) * 2;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1024)
             for (int64_t v = 1; v <= M; v++) {
                 const uint64_t k0 = L->tab.keys[2 * v] - ones[0] + add[0];
                 const uint64_t k1 = L->tab.keys[2 * v + 1] - ones[1] + add[1];
@@ -748,7 +749,7 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
     const float *res = lattice_blur(L, k->va, k->vb, 1);
     lattice_slice(L, k->slice_w, res, k->ones, 1);
     /* norm = D^{-1/2} (densecrf adds 1e-20 under the root). */
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 2048) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < N; i++) {
         const float norm = (float)(1.0 / sqrt((double)k->ones[i] + 1e-20));
         for (int r = 0; r <= d; r++) {
@@ -1171,7 +1172,7 @@ static int workspace_rows(workspace *ws, int64_t N, int64_t W, int64_t Lp,
 static int any_nonfinite(const float *x, int64_t n, int nt)
 {
     int bad = 0;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1) \
+#pragma omp parallel for schedule(dynamic, 16384) num_threads(nt) if (nt > 1) \
     reduction(| : bad)
     for (int64_t i = 0; i < n; i++) bad |= !isfinite(x[i]);
     return bad;
@@ -1186,7 +1187,7 @@ static void planes_to_rows(const float *src, float *dst, int64_t N, int64_t L,
                            int64_t Lp, float pad, int nt)
 {
     const int64_t blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < blocks; t++) {
         const int64_t i0 = t * PM_TBLOCK;
         const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
@@ -1204,7 +1205,7 @@ static void rows_to_planes(const float *src, float *dst, int64_t N, int64_t L,
                            int64_t Lp, int nt)
 {
     const int64_t blocks = (N + PM_TBLOCK - 1) / PM_TBLOCK;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < blocks; t++) {
         const int64_t i0 = t * PM_TBLOCK;
         const int64_t i1 = i0 + PM_TBLOCK < N ? i0 + PM_TBLOCK : N;
@@ -1223,7 +1224,7 @@ static void load_unary(const float *logits, workspace *ws, int64_t N,
     const float floor_u = min_prob > 0.0f ? logf(min_prob) : -INFINITY;
     /* The logits, pad lanes -inf, into m1 (scratch). */
     planes_to_rows(logits, ws->m1, N, L, Lp, -INFINITY, nt);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < N; i++) {
         float *x = ws->m1 + i * Lp;
         float *u = ws->negu + i * Lp, *q = ws->q + i * Lp;
