@@ -11,8 +11,9 @@ repetition; speed-ups are medians of the per-repetition ratios:
   way a dataset of same-size images is processed;
 - ``batch``: a batch of 8 (B, H, W, 3) through a context, time per image;
 - ``pydensecrf2``: DenseCRF2D with the same parameters (single-threaded).
-Also prints the CPU time of a ``DenseCRF`` call (all threads; on a shared
-machine the wall time also counts the time the threads wait for a core),
+Also prints the CPU time of a ``DenseCRF`` call (all threads) and its ratio
+to pydensecrf2's (on a shared machine the wall time also counts the time
+the threads wait for a core; the CPU time does not),
 the speed-up of the batch from 1 to 2 threads (it shares no work between
 threads, so it shows how much of a second core the machine gave), the
 load average, the marginal differences from pydensecrf2 and the agreement
@@ -128,10 +129,13 @@ def main(argv=None) -> int:
         times = {k: [] for k in ["pydensecrf2"] + [f"{m}@{n}" for n in args.threads
                                                    for m in ("dense_crf", "DenseCRF", "batch")]}
         cpu = {n: [] for n in args.threads}
+        cpu_ref = []
         row["load_before"] = os.getloadavg()[0]
         for _ in range(args.repeat):
             if ref_run is not None:
+                c0 = time.process_time()
                 times["pydensecrf2"] += timeit(ref_run, repeat=1, warmup=0)
+                cpu_ref.append(time.process_time() - c0)
             for n in args.threads:
                 primaps.set_num_threads(n)
                 times[f"dense_crf@{n}"] += timeit(lambda: primaps.dense_crf(img, logits, args.iterations),
@@ -144,6 +148,7 @@ def main(argv=None) -> int:
         row["load_after"] = os.getloadavg()[0]
         if ref_run is not None:
             row["pydensecrf2_s"] = median(times["pydensecrf2"])
+            row["pydensecrf2_cpu_s"] = median(cpu_ref)
         for n in args.threads:
             entry = {"DenseCRF_cpu_s": median(cpu[n])}
             line = f"L={L:2d} threads={n}:"
@@ -157,8 +162,11 @@ def main(argv=None) -> int:
                     line += f" (x{ratio:.1f})"
                 line += ","
             row[f"threads{n}"] = entry
-            line += f" DenseCRF cpu {entry['DenseCRF_cpu_s'] * 1e3:.1f} ms,"
+            line += f" DenseCRF cpu {entry['DenseCRF_cpu_s'] * 1e3:.1f} ms"
             if ref_run is not None:
+                ratio = median([r / x for r, x in zip(cpu_ref, cpu[n])])
+                entry["DenseCRF_cpu_ratio"] = ratio
+                line += f" (x{ratio:.1f} of pydensecrf2's cpu {row['pydensecrf2_cpu_s'] * 1e3:.1f} ms),"
                 line += f" pydensecrf2 {row['pydensecrf2_s'] * 1e3:.1f} ms"
             print(line.rstrip(","), flush=True)
         if 1 in args.threads and 2 in args.threads:
