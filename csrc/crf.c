@@ -1013,45 +1013,66 @@ static int grid_build(grid_kernel *g, int64_t H, int64_t W, float theta,
 
 /* out[x] = sum_k wh[x, k] line[x + k] for the W pixels of a row; line
  * holds r zero rows before and after the W pixel rows of P lanes.  The sums
- * run in vector registers, up to 32 lanes at a time, k in order. */
-#define PM_HVEC 8
+ * run in vector registers, 8 lanes at a time then 4, up to 32 lanes per
+ * pass over the row, k in order. */
 PM_INLINE void grid_horizontal_body(const float *line, const float *wh,
                                     int taps, float *out, int64_t W,
                                     int64_t P)
 {
-    for (int64_t c0 = 0; c0 < P; c0 += 4 * PM_HVEC) {
-        const int64_t nv = (P - c0) / 4 < PM_HVEC ? (P - c0) / 4 : PM_HVEC;
+    for (int64_t c0 = 0; c0 < P; c0 += 32) {
+        const int64_t n = P - c0 < 32 ? P - c0 : 32;
+        const int64_t n8 = n / 8, n4 = (n % 8) / 4;
         for (int64_t x = 0; x < W; x++) {
             const float *w = wh + x * taps, *s = line + x * P + c0;
-            pm_v4f acc[PM_HVEC];
-            for (int64_t v = 0; v < nv; v++) acc[v] = w[0] * load4(s + 4 * v);
+            pm_v8f a8[4];
+            pm_v4f a4 = {0.0f};
+            for (int64_t v = 0; v < n8; v++) a8[v] = w[0] * load8(s + 8 * v);
+            if (n4) a4 = w[0] * load4(s + 8 * n8);
             for (int k = 1; k < taps; k++) {
                 const float wk = w[k];
                 const float *sk = s + k * P;
-                for (int64_t v = 0; v < nv; v++)
-                    acc[v] += wk * load4(sk + 4 * v);
+                for (int64_t v = 0; v < n8; v++) a8[v] += wk * load8(sk + 8 * v);
+                if (n4) a4 += wk * load4(sk + 8 * n8);
             }
-            for (int64_t v = 0; v < nv; v++)
-                store4(out + x * P + c0 + 4 * v, acc[v]);
+            float *o = out + x * P + c0;
+            for (int64_t v = 0; v < n8; v++) store8(o + 8 * v, a8[v]);
+            if (n4) store4(o + 8 * n8, a4);
         }
     }
 }
 
-/* dst[i] = sum_k w[k] src[k * stride + i] over k0..k1 (in order) for
- * 16 values at a time; n a multiple of 4. */
-#define PM_VBLOCK 16
+/* dst[i] = sum_k w[k] src[k * stride + i] over k = 0..nk-1 (in order)
+ * for the 32 values of a block, in four 8-lane registers. */
+#define PM_VBLOCK 32
 PM_INLINE void grid_vertical_block(const float *src, int64_t stride,
-                                   const float *w, int nk, float *dst,
-                                   int64_t nb)
+                                   const float *w, int nk, float *dst)
 {
-    float acc[PM_VBLOCK];
-    for (int64_t c = 0; c < nb; c++) acc[c] = w[0] * src[c];
+    pm_v8f a0 = w[0] * load8(src), a1 = w[0] * load8(src + 8);
+    pm_v8f a2 = w[0] * load8(src + 16), a3 = w[0] * load8(src + 24);
     for (int k = 1; k < nk; k++) {
         const float wk = w[k];
         const float *sk = src + k * stride;
-        for (int64_t c = 0; c < nb; c++) acc[c] += wk * sk[c];
+        a0 += wk * load8(sk);
+        a1 += wk * load8(sk + 8);
+        a2 += wk * load8(sk + 16);
+        a3 += wk * load8(sk + 24);
     }
-    memcpy(dst, acc, (size_t)nb * sizeof(float));
+    store8(dst, a0);
+    store8(dst + 8, a1);
+    store8(dst + 16, a2);
+    store8(dst + 24, a3);
+}
+
+/* The same for the last values of a row (n a multiple of 4, under 32). */
+PM_INLINE void grid_vertical_tail(const float *src, int64_t stride,
+                                  const float *w, int nk, float *dst,
+                                  int64_t n)
+{
+    for (int64_t c = 0; c < n; c += 4) {
+        pm_v4f a = w[0] * load4(src + c);
+        for (int k = 1; k < nk; k++) a += w[k] * load4(src + k * stride + c);
+        store4(dst + c, a);
+    }
 }
 
 /* The smoothness message of image row y into out (W, P): the rows of q
@@ -1070,9 +1091,8 @@ PM_CLONES static void grid_message_row(const grid_kernel *g, const float *q,
     float *s = line + (int64_t)r * P;
     int64_t i = 0;
     for (; i + PM_VBLOCK <= n; i += PM_VBLOCK)
-        grid_vertical_block(src + i, n, wv, k1 - k0 + 1, s + i, PM_VBLOCK);
-    for (; i < n; i += 4)
-        grid_vertical_block(src + i, n, wv, k1 - k0 + 1, s + i, 4);
+        grid_vertical_block(src + i, n, wv, k1 - k0 + 1, s + i);
+    grid_vertical_tail(src + i, n, wv, k1 - k0 + 1, s + i, n - i);
     const float *wh = g->wh;
 #define PM_HORIZ(PW) grid_horizontal_body(line, wh, taps, out, W, PW)
     PM_WIDTH_SWITCH(P, PM_HORIZ)
