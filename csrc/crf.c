@@ -506,20 +506,13 @@ typedef int32_t pm_v4i __attribute__((vector_size(16)));
 typedef float pm_v8f __attribute__((vector_size(32)));
 typedef int32_t pm_v8i __attribute__((vector_size(32)));
 
-/* 8-lane values pass by value between always-inlined helpers only, never
- * across a call, so GCC's note that their ABI depends on AVX is moot. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-PM_INLINE pm_v8f load8(const float *p)
-{
-    pm_v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-PM_INLINE void store8(float *p, pm_v8f v) { memcpy(p, &v, sizeof v); }
+/* Unaligned 8-lane loads and stores.  They are macros on an unaligned,
+ * aliasing vector type: an 8-lane value passed to or returned from a
+ * function has an ABI that depends on AVX (the baseline clones lack it). */
+typedef float pm_v8f_u
+    __attribute__((vector_size(32), aligned(4), may_alias));
+#define load8(p) (*(const pm_v8f_u *)(const void *)(p))
+#define store8(p, v) (*(pm_v8f_u *)(void *)(p) = (v))
 
 static inline pm_v4f load4(const float *p)
 {
@@ -776,11 +769,13 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
  * Arguments below -69, i.e. probabilities under 1e-30, give exactly 0, so
  * no subnormal ever enters the message passing (subnormal arithmetic is
  * slow); -inf (pad lanes) gives 0. */
-/* exp over the lanes of a vector of type VF (ints VI), as described above;
- * the 8-lane version does per lane what the 4-lane one does. */
+/* *xp = exp(*xp) over the lanes of a vector of type VF (ints VI), as
+ * described above; the 8-lane version does per lane what the 4-lane one
+ * does (in place: see load8). */
 #define PM_DEFINE_EXP(NAME, VF, VI)                                           \
-    PM_INLINE VF NAME(VF x)                                                   \
+    PM_INLINE void NAME(VF *xp)                                               \
     {                                                                         \
+        const VF x = *xp;                                                     \
         const VF zero = {0.0f};                                               \
         const VF cut = zero - 69.0f;                                          \
         const VI keep = x >= cut; /* all ones where x >= -69 */               \
@@ -796,7 +791,7 @@ static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
         p = p * (r * r) + r + 1.0f;                                           \
         const VI bits = (__builtin_convertvector(nf, VI) + 127) << 23;        \
         const VF y = p * (VF)bits;                                            \
-        return (VF)((VI)y & keep);                                            \
+        *xp = (VF)((VI)y & keep);                                             \
     }
 
 PM_DEFINE_EXP(exp4, pm_v4f, pm_v4i)
@@ -823,7 +818,8 @@ static inline void exp_shift_row(float *e, int64_t n, float shift,
 {
     pm_v4f s = *acc;
     for (int64_t c = 0; c < n; c += 4) {
-        const pm_v4f x = exp4(load4(e + c) - shift);
+        pm_v4f x = load4(e + c) - shift;
+        exp4(&x);
         store4(e + c, x);
         s += x;
     }
@@ -887,12 +883,14 @@ PM_INLINE void energy_softmax_px(const float *u, float *a, const float *b,
     pm_v8f s8 = {0.0f};
     pm_v4f s4 = {0.0f};
     for (c = 0; c + 8 <= n; c += 8) {
-        const pm_v8f x = exp8(load8(a + c) - mx);
+        pm_v8f x = load8(a + c) - mx;
+        exp8(&x);
         store8(a + c, x);
         s8 += x;
     }
     for (; c < n; c += 4) {
-        const pm_v4f x = exp4(load4(a + c) - mx);
+        pm_v4f x = load4(a + c) - mx;
+        exp4(&x);
         store4(a + c, x);
         s4 += x;
     }
