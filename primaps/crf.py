@@ -99,8 +99,8 @@ def dense_crf(
     original hands pydensecrf a BGR array. The exact Gaussian does not
     depend on the channel order, the lattice does, slightly.
     A batch runs its images in parallel when it holds at least as many
-    images as threads; otherwise the threads share each image (its lattice
-    vertices and pixels).
+    images as threads; otherwise the threads share each image (the halves
+    of the lattice's construction and of each splat, the blur, the rows).
     The result is bitwise the same for every thread count. For many calls
     on images of one size, :class:`DenseCRF` reuses its buffers and its
     smoothness kernel.
