@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._runtime import get_num_threads
 from .crf import as_size2, check_images, refine_argmax, resolve_crf
 
 __all__ = ["masks"]
@@ -94,9 +95,17 @@ def masks(
             median_size=median_size, max_masks=max_masks, return_soft=True)
         maps = np.empty((len(soft),) + size, np.int32)
         n_masks = np.asarray(n_masks).copy()
-        for b, logits in enumerate(soft):
-            maps[b] = _renumber(refine_argmax(refiner, imgs[b:b + 1], logits[None])[0])
-            n_masks[b] = maps[b].max()
+        # Images with as many channels go through the CRF together, as many
+        # at a time as threads (they then run in parallel).
+        step = max(1, get_num_threads())
+        for n_ch in sorted({a.shape[0] for a in soft}):
+            idx = [b for b, a in enumerate(soft) if a.shape[0] == n_ch]
+            for k in range(0, len(idx), step):
+                part = idx[k:k + step]
+                labels = refine_argmax(refiner, imgs[part], np.stack([soft[b] for b in part]))
+                for b, lab in zip(part, labels):
+                    maps[b] = _renumber(lab)
+                    n_masks[b] = maps[b].max()
     else:
         if images is not None:
             check_images(images, None if single else len(features), single)
