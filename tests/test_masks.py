@@ -109,7 +109,7 @@ shapes = st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12))
 kinds = st.sampled_from(["gauss", "ties", "zeros", "offset"])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     shape=shapes,
     kind=kinds,
@@ -147,7 +147,7 @@ def test_properties_before_postprocessing(shape, kind, seed, threshold, stop):
     assert consecutive(m) and m.max() == info["n_masks"]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(shape=shapes, kind=kinds, seed=st.integers(0, 2**31), size=st.sampled_from([1, 3, 5]))
 def test_properties_after_postprocessing(shape, kind, seed, size):
     C, h, w = shape
