@@ -136,3 +136,15 @@ def test_flip_flags_may_be_bools_or_numbers():
     want = _core.teacher_pseudo(ws, f, m, v, flip=np.array([True, False]))
     for flip in ([1, 0], np.array([1.0, 0.0]), (True, False)):
         assert np.array_equal(_core.teacher_pseudo(ws, f, m, v, flip=flip), want)
+
+
+@pytest.mark.parametrize("features, error", [("features", TypeError), ({"a": 1}, TypeError),
+                                             (np.zeros((4, 4)), ValueError)])
+def test_masks_with_images_names_bad_features_first(features, error):
+    # a string of 8 characters was counted as 8 images:
+    # "images must hold one image per features image (8), got 1"
+    images = np.zeros((1, 4, 4, 3), np.uint8)
+    with pytest.raises(error, match="features"):
+        primaps.masks(features, images=images, crf=True)
+    with pytest.raises(error, match="features"):
+        primaps.masks(features, images=images)

@@ -918,6 +918,20 @@ def _masks_entry(case: Case):
         kw["out_size"] = out_size
     kw["return_info"] = case.draw(st.booleans())
     fn = case.draw(st.sampled_from(["python", "core"]))
+    crf_size = None
+    if fn == "python" and case.draw(st.integers(0, 3)) == 0:  # refined by a dense CRF
+        kw.pop("out_size", None)
+        out_size = None
+        for kind in ("wrong_type", "bad_value"):
+            case.unfault("out_size", kind)
+        crf_size = (case.dim(1, 9), case.dim(1, 9))
+        ishape = ([B] if batched else []) + list(crf_size) + [3]
+        # (crf without images is its own documented ValueError)
+        kw["images"] = case.ids("images", ishape, 0, 255, dtypes=[np.uint8], ndims=(3, 4), lists=False,
+                                optional=True, kinds=("wrong_type", "bad_dtype", "float_ids", "ndim"))
+        kw["crf"] = case.draw(st.sampled_from([True, "dense"]))
+        if kw["crf"] == "dense":
+            kw["crf"] = primaps.DenseCRF(iterations=2)
 
     def run():
         if fn == "core":
@@ -926,7 +940,7 @@ def _masks_entry(case: Case):
 
     def check(out):
         fs = np.shape(np.asarray(feats))
-        size = fs[-2:] if out_size is None else (
+        size = crf_size if crf_size else fs[-2:] if out_size is None else (
             (int(out_size), int(out_size)) if np.ndim(out_size) == 0 else tuple(int(v) for v in out_size))
         if fn == "core":
             maps = out[0]
