@@ -19,6 +19,8 @@
 #define pm_cblas_dgemm scipy_cblas_dgemm
 #define pm_cblas_dgemv scipy_cblas_dgemv
 #define pm_cblas_dsyrk scipy_cblas_dsyrk
+#define pm_cblas_dsymv scipy_cblas_dsymv
+#define pm_cblas_dsyr scipy_cblas_dsyr
 #define pm_cblas_sdot scipy_cblas_sdot
 #define pm_cblas_ddot scipy_cblas_ddot
 

@@ -120,6 +120,56 @@ int pm_axis_table_init(pm_axis_table *t, int64_t in, int64_t out);
 void pm_axis_table_free(pm_axis_table *t);
 
 /* ------------------------------------------------------------------------ */
+/* Principal mask proposals (masks.c)                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Parameters of DESIGN.md 1.1. */
+typedef struct {
+    double threshold;     /* psi in (0, 1): m_p = 0 where m_p < psi max(m)  */
+    double stop_fraction; /* (0, 1]: loop while |assigned| / N < this        */
+    double gain;          /* > 0: M = clamp(M * gain, 0, 1)                  */
+    int median_size;      /* odd, 1..63: K x K median, reflect padding; 1 off */
+    int64_t max_masks;    /* >= 0: at most this many masks; 0 = no bound     */
+} pm_masks_params;
+
+/* Defaults: 0.4, 0.95, 10, 3, 0. */
+void pm_masks_params_default(pm_masks_params *p);
+/* PM_OK if every parameter is in range, else PM_ERR_ARG. */
+int pm_masks_check_params(const pm_masks_params *p);
+
+/* PriMaPs mask maps of B images (DESIGN.md 1.1), one image per thread.
+ *   features: (B, C, h, w) float32, finite;
+ *   maps:     (B, H, W) int32 out: 0 = background, 1..n mask ids renumbered
+ *             consecutively in extraction order.  (H, W) = (h, w) takes the
+ *             argmax of the logits L = [b, M_1..M_n] at feature resolution;
+ *             another size upsamples L bilinearly (the numbers of
+ *             pm_upsample_bilinear) on the fly, pixel by pixel, and takes
+ *             the argmax there; ties go to the lowest channel.
+ * Optional outputs (NULL: not wanted), the post-processed logits at feature
+ * resolution in a lossless sparse form (after the median filter a pixel
+ * belongs to at most one mask; see pm_masks_soft):
+ *   owner:       (B, h, w) int32, channel 1..n of the pixel's mask, or 0;
+ *   value:       (B, h, w) float32, M_owner at the pixel (0 if no owner);
+ *   level:       (B,) float32, mean(M[M != 0]), so b = clamp(level - value);
+ *   n_proposals: (B,) masks extracted (= iterations of the loop) = n;
+ *   n_masks:     (B,) ids in the map.
+ * The principal direction is computed by Lanczos iteration on a covariance
+ * held in double and down-dated as pixels leave (see masks.c).  Results are
+ * bitwise identical for any thread count.  PM_ERR_NONFINITE if features
+ * hold NaN or inf, PM_ERR_ARG for bad sizes or parameters. */
+int pm_masks(const float *features, int64_t B, int64_t C, int64_t h,
+             int64_t w, const pm_masks_params *p, int64_t H, int64_t W,
+             int32_t *maps, int32_t *owner, float *value, float *level,
+             int64_t *n_proposals, int64_t *n_masks);
+
+/* Dense soft logits of one image from pm_masks' sparse form:
+ *   owner, value: (N,); soft: (n + 1, N) out, soft[0] = b =
+ *   clamp(level - value, 0, 1), soft[k] = value where owner == k, else 0.
+ * PM_ERR_ARG if an owner lies outside [0, n]. */
+int pm_masks_soft(const int32_t *owner, const float *value, float level,
+                  int64_t n, int64_t N, float *soft);
+
+/* ------------------------------------------------------------------------ */
 /* Evaluation: confusion matrices (metrics.c)                               */
 /* ------------------------------------------------------------------------ */
 

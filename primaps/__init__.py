@@ -32,6 +32,9 @@ l2_normalize = _core.l2_normalize
 upsample_bilinear = _core.upsample_bilinear
 upsample_bilinear_adjoint = _core.upsample_bilinear_adjoint
 
+# PriMaPs mask proposals (masks.py).
+from .masks import masks
+
 # Data: dataset loaders and the on-disk feature store (backbones, which need
 # torch, stay in the optional module primaps.backbones).
 from . import datasets
@@ -55,6 +58,7 @@ __all__ = [
     "l2_normalize",
     "upsample_bilinear",
     "upsample_bilinear_adjoint",
+    "masks",
     "datasets",
     "FeatureStore",
     "FeatureStoreError",

@@ -9,6 +9,7 @@ Loaders of the standard folders (DESIGN.md §1.5): :class:`Cityscapes`
 the evaluation :class:`Protocol` (short side resized, centre crop).
 """
 
+from . import synthetic
 from ._base import DatasetFileError, SegmentationDataset, collate
 from .cityscapes import Cityscapes
 from .cocostuff import CocoStuff
@@ -23,4 +24,5 @@ __all__ = [
     "SegmentationDataset",
     "DatasetFileError",
     "collate",
+    "synthetic",
 ]
