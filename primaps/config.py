@@ -129,7 +129,6 @@ class Config:
 
 
 DATASETS = ("cityscapes", "cocostuff", "potsdam", "street")
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _sections() -> Dict[str, type]:
@@ -182,7 +181,8 @@ def _parse_value(kind: str, text: str) -> Any:
     except tomllib.TOMLDecodeError:
         if kind == "str":
             return text
-        raise ConfigError(f"cannot read {text!r} as a {kind}") from None
+        raise ConfigError(f"cannot read {text!r} as {'an' if kind == 'int' else 'a'} "
+                          f"{kind}") from None
 
 
 def apply_override(cfg: Config, item: str) -> None:

@@ -187,8 +187,8 @@ def _nuisance(rng: np.random.Generator, grid: int, h: int, w: int, dims: int) ->
 
 
 def street_scenes(n_images: int = 250, seed: int = 0, *, size: int = 160, patch: int = 4,
-                  channels: int = 64, pair_cosine: float = 0.3, offset_norm: float = 0.8,
-                  nuisance_norm: float = 1.2, nuisance_dims: int = 4, nuisance_grid: int = 3,
+                  channels: int = 64, pair_cosine: float = 0.2, offset_norm: float = 1.0,
+                  nuisance_norm: float = 1.0, nuisance_dims: int = 4, nuisance_grid: int = 3,
                   noise_norm: float = 0.8) -> StreetScenes:
     """Generate `n_images` seeded street scenes with dense features.
 
