@@ -139,10 +139,11 @@ def demo_words(cfg: Config, res: Dict[str, Any]) -> str:
         lines.append(f"The supervised linear probe on the same features, an upper bound, "
                      f"scores {t['probe']['acc']:.1f} / {t['probe']['miou']:.1f}.")
     d = cfg.data
+    shape = " x ".join(map(str, res["extract"]["train"]["feature_shape"]))
     lines += [
         "",
         f"Data: generated street scenes (synthetic, seed {cfg.run.seed}), {d.n_train} train / "
-        f"{d.n_val} val images, features {res['extract']['train']['feature_shape']}, labels "
+        f"{d.n_val} val images, features {shape}, labels "
         f"{d.size} x {d.size}. Scores: Acc / mIoU in %, one Hungarian matching over the "
         f"validation set at label resolution, without CRF (there are no images).",
     ]
