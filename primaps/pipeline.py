@@ -487,6 +487,7 @@ def fit(cfg: Config, ui: UI) -> dict:
     em.init_pca(_pca_source(train), verbose=False)
     out["pca_seconds"] = round(time.perf_counter() - t, 3)
     em.fit(train, verbose=False, checkpoint=paths.checkpoint)
+    em.save(paths.checkpoint)  # also when there are no epochs to run
     out["em"] = _summary(em, time.perf_counter() - t)
     if cfg.em.baseline:
         t = time.perf_counter()
