@@ -239,25 +239,22 @@ def _extract_street(cfg: Config, paths: Paths, ui: UI) -> dict:
     for split, sl in parts.items():
         feats, labels = data.features[sl], data.labels[sl]
         ids = [f"street_{split}_{i:05d}" for i in range(len(feats))]
-        _fresh_store_check(paths.store(split))
+        # a store of the same data (same seed and size) is reused as it is
         with FeatureStore(paths.store(split), dtype=cfg.backbone.dtype, backbone="street",
                           protocol={"generated": "street_scenes", "seed": cfg.run.seed,
-                                    "size": d.size}) as store:
+                                    "size": d.size, "n_train": d.n_train,
+                                    "n_val": d.n_val}) as store:
             step = cfg.backbone.shard_size
-            with ui.progress(len(ids), f"store {split}") as bar:
-                for s in range(0, len(ids), step):
-                    store.append(ids[s:s + step], feats[s:s + step])
-                    bar.update(len(ids[s:s + step]))
+            todo = [k for k, i in enumerate(ids) if i not in store]
+            with ui.progress(len(todo), f"store {split}") as bar:
+                for s in range(0, len(todo), step):
+                    part = todo[s:s + step]
+                    store.append([ids[k] for k in part], feats[part])
+                    bar.update(len(part))
         save_labels(paths.labels(split), ids, labels)
         out[split] = {"images": len(ids), "feature_shape": list(feats.shape[1:]),
                       "label_shape": list(labels.shape[1:])}
     return out
-
-
-def _fresh_store_check(path: Path) -> None:
-    if (path / "index.json").is_file():
-        raise PipelineError(f"a feature store exists at {path} already: choose another "
-                            "run.out (--out) or remove it")
 
 
 def extract(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
@@ -337,18 +334,16 @@ def masks_of(cfg: Config, features: np.ndarray, size: Tuple[int, int]) -> np.nda
 
 
 def pseudo(cfg: Config, ui: UI) -> dict:
-    """PriMaPs masks of the training store, stored beside its features."""
+    """PriMaPs masks of the training store, stored beside its features
+    (computed again on every call: they follow the current [masks] config)."""
     paths = Paths(cfg)
     size = label_size(cfg, paths)
     t0 = time.perf_counter()
     open_store(paths.store("train"))  # a clear error if it is missing
     n_masks: List[int] = []
     with FeatureStore(paths.store("train"), mode="a") as store:
-        have = set(store.mask_ids)
-        todo = [k for k in range(store.n_shards) if not set(store.shard(k)[0]) <= have]
-        total = sum(len(store.shard(k)[0]) for k in todo)
-        with ui.progress(total, "PriMaPs masks") as bar:
-            for k in todo:
+        with ui.progress(len(store), "PriMaPs masks") as bar:
+            for k in range(store.n_shards):
                 ids, feats = store.shard(k)
                 maps = []
                 for s in range(0, len(ids), cfg.masks.batch_size):

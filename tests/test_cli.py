@@ -73,6 +73,13 @@ def test_stages_one_by_one(tiny):
     # the text output of evaluate is the table
     text = primaps(tiny, "evaluate", "-c", "tiny.toml", "-q").stdout
     assert "PriMaPs-EM teacher" in text and "Acc %" in text
+    # reproducible: the whole run again in the same folder (the generated
+    # stores are reused) gives the same numbers; other data is refused
+    again = as_json(primaps(tiny, "run", "-c", "tiny.toml", "--json", "-q"))
+    assert {k: again["evaluate"]["table"][k] for k in ("em_teacher", "em_student")} == \
+        {k: r["table"][k] for k in ("em_teacher", "em_student")}
+    p = primaps(tiny, "run", "-c", "tiny.toml", "--set", "data.n_train=13", check=False)
+    assert p.returncode == 1 and "n_train" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_config_list_and_dump_override_order(tiny):
