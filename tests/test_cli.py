@@ -226,3 +226,15 @@ def test_demo(tmp_path):
     assert m["probe"]["acc"] >= m["em_teacher"]["acc"] - 5
     with Image.open(tmp_path / "primaps-demo/panels.png") as im:
         assert im.size[0] > 400 and im.size[1] > 400
+
+
+def test_extract_through_a_backbone_without_weights_fails_clearly(tmp_path, rng):
+    """The backbone path needs local weights (and torch): a clear message
+    and exit code 1, not a traceback."""
+    write_cityscapes(tmp_path / "cityscapes", rng)
+    p = primaps(tmp_path, "extract", "-c", "cityscapes_dino_vits8", "--set",
+                "data.root=cityscapes", "--set", "backbone.weights=missing.pth", "-q",
+                check=False)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert "missing.pth" in p.stderr or "torch" in p.stderr
