@@ -375,8 +375,10 @@ class Batches:
 
     def __init__(self, store: FeatureStore, batch_size: int, seed: int, ui: UI,
                  desc: Callable[[], str], maps: str = "masks", shuffle: bool = True,
-                 labels: Optional[np.ndarray] = None, in_memory: Optional[bool] = None):
+                 labels: Optional[np.ndarray] = None, in_memory: Optional[bool] = None,
+                 dtype: Any = np.float32):
         self.store, self.batch_size, self.seed, self.ui = store, batch_size, seed, ui
+        self.dtype = dtype
         self.desc, self.maps, self.shuffle, self.labels = desc, maps, shuffle, labels
         self.n = len(store)
         self.passes = 0
@@ -419,7 +421,7 @@ class Batches:
             else:
                 it = self.store.batches(self.batch_size, shuffle=self.shuffle,
                                         seed=int(np.random.SeedSequence(seed).generate_state(1)[0]),
-                                        masks=self.maps == "masks")
+                                        masks=self.maps == "masks", dtype=self.dtype)
                 for item in it:
                     ids, feats = item[0], item[1]
                     yield self._tuple(feats, item[2] if len(item) > 2 else None, ids)
@@ -457,8 +459,9 @@ def _summary(em: PriMaPsEM, seconds: float) -> dict:
 def _pca_source(train: Batches) -> Any:
     if train.features is not None:
         return train.features
+    # the store's dtype (float16): init_pca converts only the pixels it samples
     return Batches(train.store, 256, 0, train.ui, lambda: "PCA init", maps="features",
-                   shuffle=False, in_memory=False)
+                   shuffle=False, in_memory=False, dtype=None)
 
 
 def fit(cfg: Config, ui: UI) -> dict:
