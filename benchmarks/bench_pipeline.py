@@ -112,7 +112,7 @@ def main() -> None:
     em_s = fit_res["em"]["seconds"] - fit_res["pca_seconds"]
     print(f"{n_train} train + {n_val} val images, {args.epochs} EM epochs, "
           f"threads {primaps.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
-    print(f"| stage | wall s | peak RSS MiB |\n|---|---:|---:|")
+    print("| stage | wall s | peak RSS MiB |\n|---|---:|---:|")
     for k, (s, m) in stages.items():
         print(f"| {k} | {s:.1f} | {m:.0f} |")
     print(f"PCA init {fit_res['pca_seconds']:.1f} s; warm-up + EM {em_s:.1f} s for "

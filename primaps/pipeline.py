@@ -179,7 +179,8 @@ def _import_callable(spec: str, cfg_dir: Optional[Path]) -> Callable:
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise PipelineError(f"backbone.callable {spec!r}: cannot import {mod_name!r}: {e}") from None
+        raise PipelineError(f"backbone.callable {spec!r}: cannot import {mod_name!r}: "
+                            f"{e}") from None
     fn = mod
     for part in fn_name.split("."):
         fn = getattr(fn, part, None)
@@ -369,8 +370,9 @@ class Batches:
     """Re-iterable shuffled batches of a training store, or of arrays that
     fit in memory, with a progress bar in images/s for every pass.
 
-    Yields ``(features, masks)`` (masks None where ``with_masks`` is
-    "none"), ``(features, labels)`` or bare features.
+    Yields, by `maps`: ``(features, masks)`` ("masks"), ``(features,
+    None)`` ("none": EM without masks), ``(features, labels)`` ("labels")
+    or bare features ("features").
     """
 
     def __init__(self, store: FeatureStore, batch_size: int, seed: int, ui: UI,
@@ -419,8 +421,8 @@ class Batches:
                     yield self._tuple(self.features[idx], m, [ids[i] for i in idx])
                     bar.update(len(idx))
             else:
-                it = self.store.batches(self.batch_size, shuffle=self.shuffle,
-                                        seed=int(np.random.SeedSequence(seed).generate_state(1)[0]),
+                pass_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+                it = self.store.batches(self.batch_size, shuffle=self.shuffle, seed=pass_seed,
                                         masks=self.maps == "masks", dtype=self.dtype)
                 for item in it:
                     ids, feats = item[0], item[1]
@@ -491,9 +493,8 @@ def fit(cfg: Config, ui: UI) -> dict:
         t = time.perf_counter()
         km = _estimator(cfg, K, warmup_epochs=cfg.em.warmup_epochs + cfg.em.epochs, epochs=0)
         feats = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(km, "baseline"),
-                        maps="features", in_memory=out["in_memory"])
-        if train.features is not None:
-            feats.features = train.features
+                        maps="features", in_memory=False)
+        feats.features = train.features  # shared when in memory
         km.init_pca(_pca_source(train), verbose=False)
         km.warmup(feats, verbose=False)
         km.save(paths.baseline)
