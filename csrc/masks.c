@@ -4,10 +4,13 @@
  * One image at a time, one image per thread of the package's pool; BLAS is
  * single-threaded inside.  Per image:
  *
- *   prepare     the features transposed to pixel-major rows: F^ (unit rows,
- *               for the similarities) and X (raw rows scaled by a power of
- *               two and centred on the image mean; the covariance does not
- *               see either change, and float32 products cannot overflow);
+ *   prepare     F^ (unit pixel vectors, for the similarities) and X (raw
+ *               features scaled by a power of two and centred on the image
+ *               mean; the covariance sees neither change, and float32
+ *               products cannot overflow), both (C, N) channel-major like
+ *               the input, so that they are written with contiguous,
+ *               vectorised loops and U's pixels are a prefix [0, n) of the
+ *               columns;
  *   covariance  A_U = S_U - t_U t_U^T / |U| with S_U = sum_{p in U} x_p x_p^T
  *               and t_U = sum_{p in U} x_p, held in double.  S is computed
  *               once (SSYRK) and down-dated as pixels leave U: rank-1 DSYR
@@ -18,9 +21,10 @@
  *   direction   the leading eigenvector of A_U by Lanczos iteration (below),
  *               warm-started from the previous direction;
  *   mask        s = F^_U v (sign rule, first-index argmax), m = F^_U u,
- *               threshold, removal from U by swapping rows from the tail
- *               (O(removed * C), not a rescan); pixel indices travel with
- *               the rows so that ties still go to the first pixel index;
+ *               threshold, removal from U by moving columns from the tail
+ *               into the holes (O(removed * C), not a rescan); pixel
+ *               indices travel with the columns so that ties still go to
+ *               the first pixel index;
  *   post        median filter, gain, background, argmax (or the fused
  *               bilinear upsampling and argmax), renumbering.
  *
@@ -41,9 +45,9 @@
 #include <string.h>
 
 /* Lanczos: Krylov dimension per restart, restarts, and the tolerance. */
-#define PM_LANCZOS_DIM 40
-#define PM_LANCZOS_RESTARTS 6
-#define PM_LANCZOS_TOL 1e-10
+#define PM_LANCZOS_DIM 64
+#define PM_LANCZOS_RESTARTS 4
+#define PM_LANCZOS_TOL 1e-9
 /* Down-dates of at most this many pixels are rank-1 DSYR steps. */
 #define PM_DSYR_MAX 4
 #define PM_MEDIAN_MAX 63
@@ -77,13 +81,14 @@ int pm_masks_check_params(const pm_masks_params *p)
 
 typedef struct {
     int64_t C, N, m;    /* channels, pixels, Krylov dimension */
-    float *Fn, *X, *R;  /* (N, C) unit rows of U, centred rows of U, removed */
-    float *T;           /* (C, C) float32 SYRK result */
+    float *Fn, *X;      /* (C, N): unit and centred features, U = [0, n) */
+    int64_t *mv;        /* (2N,) column moves of a removal */
+    float *T;           /* (C, C) float32 SSYRK result */
     float *s, *sim, *vf;/* (N,), (N,), (C,) */
     int64_t *idx;       /* (N,) pixel index of each row of U */
     double *S, *t, *v;  /* (C, C) lower, (C,), (C,) */
     double *Q, *w, *h;  /* (m+1, C) Krylov basis, (C,), (m+1,) */
-    double *al, *be, *tri, *y, *ev, *work; /* Lanczos tridiagonal, dsyevr */
+    double *al, *be, *tri, *y, *ev, *work; /* Lanczos tridiagonal, dstevr */
     blasint *iwork, *isuppz;
     double *rowd;       /* (C,) */
     double *colsum, *sumsq; /* (C,), (N,) */
@@ -102,7 +107,7 @@ static void *amalloc(size_t bytes)
 
 static void ws_free(ws_t *ws)
 {
-    void *bufs[] = {ws->Fn,  ws->X,     ws->R,      ws->T,   ws->s,
+    void *bufs[] = {ws->Fn,  ws->X,     ws->mv,      ws->T,   ws->s,
                     ws->sim, ws->vf,    ws->idx,    ws->S,   ws->t,
                     ws->v,   ws->Q,     ws->w,      ws->h,   ws->al,
                     ws->be,  ws->tri,   ws->y,      ws->ev,  ws->work,
@@ -124,7 +129,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->m = m;
     ws->Fn = amalloc(n * c * sizeof(float));
     ws->X = amalloc(n * c * sizeof(float));
-    ws->R = amalloc(n * c * sizeof(float));
+    ws->mv = amalloc(2 * n * sizeof(int64_t));
     ws->T = amalloc(c * c * sizeof(float));
     ws->s = amalloc(n * sizeof(float));
     ws->sim = amalloc(n * sizeof(float));
@@ -138,7 +143,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->h = amalloc((mm + 1) * sizeof(double));
     ws->al = amalloc(mm * sizeof(double));
     ws->be = amalloc(mm * sizeof(double));
-    ws->tri = amalloc(mm * mm * sizeof(double));
+    ws->tri = amalloc(2 * mm * sizeof(double));
     ws->y = amalloc(mm * sizeof(double));
     ws->ev = amalloc(mm * sizeof(double));
     ws->work = amalloc(26 * mm * sizeof(double));
@@ -154,7 +159,7 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
     ws->bg = amalloc(n * sizeof(float));
     ws->win = amalloc(K2 * sizeof(float));
     ws->wown = amalloc(K2 * sizeof(int32_t));
-    if (!ws->Fn || !ws->X || !ws->R || !ws->T || !ws->s || !ws->sim ||
+    if (!ws->Fn || !ws->X || !ws->mv || !ws->T || !ws->s || !ws->sim ||
         !ws->vf || !ws->idx || !ws->S || !ws->t || !ws->v || !ws->Q ||
         !ws->w || !ws->h || !ws->al || !ws->be || !ws->tri || !ws->y ||
         !ws->ev || !ws->work || !ws->iwork || !ws->isuppz || !ws->rowd ||
@@ -171,50 +176,56 @@ static int ws_init(ws_t *ws, int64_t C, int64_t N, int median_size)
 /* ------------------------------------------------------------------------ */
 
 /* F: (C, N) channel-first features of one image. */
-static int prepare(ws_t *ws, const float *F)
+static int prepare(ws_t *ws, const float *restrict F)
 {
     const int64_t C = ws->C, N = ws->N;
-    double *sumsq = ws->sumsq, *colsum = ws->colsum;
-    float maxabs = 0.0f;
+    double *restrict sumsq = ws->sumsq, *restrict colsum = ws->colsum;
     for (int64_t p = 0; p < N; p++) sumsq[p] = 0.0;
     for (int64_t c = 0; c < C; c++) {
-        const float *row = F + c * N;
-        double cs = 0.0;
-        for (int64_t p = 0; p < N; p++) {
+        const float *restrict row = F + c * N;
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t p = 0;
+        for (; p + 8 <= N; p += 8)
+            for (int l = 0; l < 8; l++) {
+                const double x = row[p + l];
+                sumsq[p + l] += x * x;
+                acc[l] += x;
+            }
+        for (; p < N; p++) {
             const double x = row[p];
             sumsq[p] += x * x;
-            cs += x;
-            const float a = fabsf(row[p]);
-            if (a > maxabs) maxabs = a;
+            acc[0] += x;
         }
-        colsum[c] = cs;
+        colsum[c] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                    ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
+    /* A float squared is finite in double: a non-finite sum means a NaN or
+     * an inf in the input. */
+    double maxsq = 0.0;
     for (int64_t p = 0; p < N; p++) {
-        /* A float squared is finite in double: a non-finite sum means a
-         * NaN or an inf in the input. */
         if (!isfinite(sumsq[p])) return PM_ERR_NONFINITE;
-        sumsq[p] = sumsq[p] > 0.0 ? 1.0 / sqrt(sumsq[p]) : 0.0;
+        if (sumsq[p] > maxsq) maxsq = sumsq[p];
     }
-    /* X = (F - mean) * 2^-e with max |F| * 2^-e in [0.5, 1): exact scaling,
-     * products and sums of products stay far from float32's range. */
+    /* X = F * 2^-e - mean with the largest pixel norm * 2^-e in [0.5, 1):
+     * the scaling is exact, and products of X and their sums stay far from
+     * float32's range whatever the input's magnitude. */
     int e = 0;
-    if (maxabs > 0.0f) frexpf(maxabs, &e);
+    if (maxsq > 0.0) frexp(sqrt(maxsq), &e);
     const double scale = ldexp(1.0, -e);
-    for (int64_t c = 0; c < C; c++) colsum[c] = colsum[c] / (double)N * scale;
-    const int64_t TB = 32;
-    for (int64_t p0 = 0; p0 < N; p0 += TB) {
-        const int64_t p1 = p0 + TB < N ? p0 + TB : N;
-        for (int64_t c0 = 0; c0 < C; c0 += TB) {
-            const int64_t c1 = c0 + TB < C ? c0 + TB : C;
-            for (int64_t p = p0; p < p1; p++) {
-                float *fn = ws->Fn + p * C, *x = ws->X + p * C;
-                const double inv = sumsq[p];
-                for (int64_t c = c0; c < c1; c++) {
-                    const double f = F[c * N + p];
-                    fn[c] = (float)(f * inv);
-                    x[c] = (float)(f * scale - colsum[c]);
-                }
-            }
+    double *restrict inv = sumsq, *restrict mean = colsum;
+    for (int64_t p = 0; p < N; p++)
+        inv[p] = sumsq[p] > 0.0 ? 1.0 / sqrt(sumsq[p]) : 0.0;
+    for (int64_t c = 0; c < C; c++) mean[c] = colsum[c] / (double)N * scale;
+    /* In double: 1 / ||F_p|| and 2^-e leave float32's range for tiny or
+     * subnormal features. */
+    for (int64_t c = 0; c < C; c++) {
+        const float *restrict row = F + c * N;
+        float *restrict fn = ws->Fn + c * N, *restrict x = ws->X + c * N;
+        const double mc = mean[c];
+        for (int64_t p = 0; p < N; p++) {
+            const double f = row[p];
+            fn[p] = (float)(f * inv[p]);
+            x[p] = (float)(f * scale - mc);
         }
     }
     for (int64_t p = 0; p < N; p++) ws->idx[p] = p;
@@ -225,40 +236,57 @@ static int prepare(ws_t *ws, const float *F)
 /* Covariance of U                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* S = sum of x x^T over the n rows of X (lower triangle), t = sum of x. */
-static void cov_from_rows(ws_t *ws, const float *X, int64_t n)
+/* The sum over pixels p0 <= p < p0 + n of x_p: t (C,). */
+static void column_sum(const ws_t *ws, int64_t p0, int64_t n, double *t)
 {
-    const int64_t C = ws->C;
-    pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, (blasint)C,
-                   (blasint)n, 1.0f, X, (blasint)C, 0.0f, ws->T, (blasint)C);
-    for (int64_t j = 0; j < C; j++)
-        for (int64_t i = j; i < C; i++) ws->S[j * C + i] = ws->T[j * C + i];
-    for (int64_t c = 0; c < C; c++) ws->t[c] = 0.0;
-    for (int64_t r = 0; r < n; r++)
-        for (int64_t c = 0; c < C; c++) ws->t[c] += X[r * C + c];
+    const int64_t N = ws->N;
+    for (int64_t c = 0; c < ws->C; c++) {
+        const float *restrict x = ws->X + c * N + p0;
+        double acc[4] = {0, 0, 0, 0};
+        int64_t p = 0;
+        for (; p + 4 <= n; p += 4)
+            for (int l = 0; l < 4; l++) acc[l] += x[p + l];
+        for (; p < n; p++) acc[0] += x[p];
+        t[c] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
 }
 
-/* S -= sum of x x^T over the k removed rows R; t -= their sum. */
-static void cov_downdate(ws_t *ws, int64_t k)
+/* S = sum of x x^T over the pixels [0, n) (lower triangle), t = sum of x. */
+static void cov_from_rows(ws_t *ws, int64_t n)
 {
     const int64_t C = ws->C;
-    const float *R = ws->R;
+    pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, (blasint)C,
+                   (blasint)n, 1.0f, ws->X, (blasint)ws->N, 0.0f, ws->T,
+                   (blasint)C);
+    double *restrict S = ws->S;
+    const float *restrict T = ws->T;
+    for (int64_t j = 0; j < C; j++)
+        for (int64_t i = j; i < C; i++) S[j * C + i] = T[j * C + i];
+    column_sum(ws, 0, n, ws->t);
+}
+
+/* S -= sum of x x^T over the k removed pixels [p0, p0 + k); t -= their
+ * sum. */
+static void cov_downdate(ws_t *ws, int64_t p0, int64_t k)
+{
+    const int64_t C = ws->C, N = ws->N;
+    double *restrict S = ws->S, *restrict t = ws->t;
+    const float *restrict T = ws->T;
     if (k <= PM_DSYR_MAX) {
-        for (int64_t r = 0; r < k; r++) {
-            for (int64_t c = 0; c < C; c++) ws->rowd[c] = R[r * C + c];
+        for (int64_t r = p0; r < p0 + k; r++) {
+            for (int64_t c = 0; c < C; c++) ws->rowd[c] = ws->X[c * N + r];
             pm_cblas_dsyr(CblasColMajor, CblasLower, (blasint)C, -1.0,
-                          ws->rowd, 1, ws->S, (blasint)C);
+                          ws->rowd, 1, S, (blasint)C);
         }
     } else {
-        pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, (blasint)C,
-                       (blasint)k, 1.0f, R, (blasint)C, 0.0f, ws->T,
+        pm_cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, (blasint)C,
+                       (blasint)k, 1.0f, ws->X + p0, (blasint)N, 0.0f, ws->T,
                        (blasint)C);
         for (int64_t j = 0; j < C; j++)
-            for (int64_t i = j; i < C; i++)
-                ws->S[j * C + i] -= ws->T[j * C + i];
+            for (int64_t i = j; i < C; i++) S[j * C + i] -= T[j * C + i];
     }
-    for (int64_t r = 0; r < k; r++)
-        for (int64_t c = 0; c < C; c++) ws->t[c] -= R[r * C + c];
+    column_sum(ws, p0, k, ws->rowd);
+    for (int64_t c = 0; c < C; c++) t[c] -= ws->rowd[c];
 }
 
 /* y = A_U x = S x - t (t . x) / n. */
@@ -276,22 +304,19 @@ static void cov_apply(ws_t *ws, int64_t n, const double *x, double *y)
 /* ------------------------------------------------------------------------ */
 
 /* The largest eigenpair (theta, y) of the symmetric tridiagonal k x k
- * matrix with diagonal al and off-diagonal be, by LAPACK dsyevr. */
+ * matrix with diagonal al and off-diagonal be, by LAPACK dstevr (O(k)). */
 static int tri_top(ws_t *ws, int64_t k, double *theta)
 {
-    double *T = ws->tri;
-    for (int64_t i = 0; i < k * k; i++) T[i] = 0.0;
-    for (int64_t i = 0; i < k; i++) {
-        T[i * k + i] = ws->al[i];
-        if (i + 1 < k) T[i * k + i + 1] = ws->be[i];
-    }
-    const blasint n = (blasint)k, lwork = (blasint)(26 * ws->m),
+    double *d = ws->tri, *e = ws->tri + ws->m;
+    memcpy(d, ws->al, (size_t)k * sizeof(double));
+    memcpy(e, ws->be, (size_t)k * sizeof(double));
+    const blasint n = (blasint)k, lwork = (blasint)(20 * ws->m),
                   liwork = (blasint)(10 * ws->m);
     blasint found = 0, info = 0;
     const double zero = 0.0, abstol = 0.0;
-    pm_lapack_dsyevr("V", "I", "L", &n, T, &n, &zero, &zero, &n, &n, &abstol,
+    pm_lapack_dstevr("V", "I", &n, d, e, &zero, &zero, &n, &n, &abstol,
                      &found, ws->ev, ws->y, &n, ws->isuppz, ws->work, &lwork,
-                     ws->iwork, &liwork, &info, 1, 1, 1);
+                     ws->iwork, &liwork, &info, 1, 1);
     if (info != 0 || found != 1) return PM_ERR_BLAS;
     *theta = ws->ev[0];
     return PM_OK;
@@ -340,7 +365,7 @@ static int direction_dense(ws_t *ws, int64_t n)
  * Convergence test, after every Lanczos step j: with (theta, y) the largest
  * Ritz pair of the tridiagonal T_j, the residual of the Ritz vector z = Q y
  * is exactly ||A z - theta z|| = beta_j |y_j|; stop when it is at most
- * 1e-10 * |theta| (or theta = 0, the zero matrix).  By the Davis-Kahan
+ * 1e-9 * |theta| (or theta = 0, the zero matrix).  By the Davis-Kahan
  * bound the angle to the true eigenvector is then at most that residual
  * over the eigengap.  If PM_LANCZOS_RESTARTS restarts of PM_LANCZOS_DIM
  * steps do not reach it (a near-multiple leading eigenvalue), LAPACK's
@@ -423,34 +448,42 @@ static int64_t first_argmax(const float *s, const int64_t *idx, int64_t n)
     return best;
 }
 
-/* Removes the rows flagged in keep (sim[r] >= thr) from U: they are copied
- * to R (for the down-date) and their slots refilled from the tail.
- * Returns the number removed. */
-static int64_t remove_rows(ws_t *ws, int64_t *n_io, const unsigned char *drop)
+/* Removes the pixels flagged in drop from U: a partition that leaves the
+ * kept pixels in columns [0, n - k) and the k removed ones of X in
+ * [n - k, n) (for the down-date), moving only columns from the tail into
+ * holes, O(k * C), channel by channel.  Returns k. */
+static int64_t remove_rows(ws_t *ws, int64_t *n_io, unsigned char *drop)
 {
-    const int64_t C = ws->C;
-    int64_t n = *n_io, k = 0;
-    /* Gather first (the tail rows move below). */
-    for (int64_t r = 0; r < n; r++)
-        if (drop[r]) {
-            memcpy(ws->R + k * C, ws->X + r * C, (size_t)C * sizeof(float));
-            k++;
-        }
+    const int64_t C = ws->C, N = ws->N;
+    int64_t n = *n_io, k = 0, moves = 0;
+    int64_t *mv = ws->mv;
+    for (int64_t r = 0; r < n; r++) k += drop[r] != 0;
     int64_t r = 0, end = n;
     while (r < end) {
         if (!drop[r]) {
             r++;
             continue;
         }
-        /* find the last kept row */
-        while (end > r + 1 && drop[end - 1]) end--;
-        end--;
-        if (end > r) {
-            memcpy(ws->X + r * C, ws->X + end * C, (size_t)C * sizeof(float));
-            memcpy(ws->Fn + r * C, ws->Fn + end * C, (size_t)C * sizeof(float));
-            ws->idx[r] = ws->idx[end];
-        }
+        while (end - 1 > r && drop[end - 1]) end--;
+        if (end - 1 <= r) break; /* no kept pixel after r */
+        const int64_t j = end - 1;
+        mv[2 * moves] = r;
+        mv[2 * moves + 1] = j;
+        moves++;
+        ws->idx[r] = ws->idx[j];
+        drop[j] = 1;
+        end = j;
         r++;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        float *restrict x = ws->X + c * N, *restrict fn = ws->Fn + c * N;
+        for (int64_t i = 0; i < moves; i++) {
+            const int64_t dst = mv[2 * i], src = mv[2 * i + 1];
+            const float tmp = x[dst];
+            x[dst] = x[src];
+            x[src] = tmp;
+            fn[dst] = fn[src];
+        }
     }
     *n_io = n - k;
     return k;
@@ -470,7 +503,7 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
         ws->own0[q] = 0;
         ws->val0[q] = 0.0f;
     }
-    cov_from_rows(ws, ws->X, N);
+    cov_from_rows(ws, N);
     const float psi = (float)p->threshold;
     while ((double)assigned / (double)N < p->stop_fraction && n > 0 &&
            (p->max_masks == 0 || count < p->max_masks) && still < 2) {
@@ -479,8 +512,8 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
         for (int64_t c = 0; c < C; c++) ws->vf[c] = (float)ws->v[c];
         /* s = F^_U v and the sign rule. */
         float *s = ws->s, *sim = ws->sim;
-        pm_cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)C,
-                       1.0f, ws->Fn, (blasint)C, ws->vf, 1, 0.0f, s, 1);
+        pm_cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)C, (blasint)n,
+                       1.0f, ws->Fn, (blasint)N, ws->vf, 1, 0.0f, s, 1);
         float smax = s[0], smin = s[0];
         for (int64_t r = 1; r < n; r++) {
             if (s[r] > smax) smax = s[r];
@@ -491,10 +524,10 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
             for (int64_t r = 0; r < n; r++) s[r] = -s[r];
         }
         const int64_t seed = first_argmax(s, ws->idx, n);
-        /* m = F^_U u, u = F^_seed (copied: the rows move on removal). */
-        memcpy(ws->vf, ws->Fn + seed * C, (size_t)C * sizeof(float));
-        pm_cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)C,
-                       1.0f, ws->Fn, (blasint)C, ws->vf, 1, 0.0f, sim, 1);
+        /* m = F^_U u, u = F^_seed (gathered from its column). */
+        for (int64_t c = 0; c < C; c++) ws->vf[c] = ws->Fn[c * N + seed];
+        pm_cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)C, (blasint)n,
+                       1.0f, ws->Fn, (blasint)N, ws->vf, 1, 0.0f, sim, 1);
         float mx = sim[0];
         for (int64_t r = 1; r < n; r++)
             if (sim[r] > mx) mx = sim[r];
@@ -515,14 +548,20 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
             ws->own0[ws->idx[seed]] = id;
             ws->val0[ws->idx[seed]] = 1.0f;
         }
-        const int64_t k = remove_rows(ws, &n, drop);
+        int64_t k = 0;
+        for (int64_t r = 0; r < n; r++) k += drop[r] != 0;
         assigned += k;
         still = k == 0 ? still + 1 : 0;
-        if (n > 0 && k > 0) {
+        const int more = (double)assigned / (double)N < p->stop_fraction &&
+                         (p->max_masks == 0 || count < p->max_masks) &&
+                         still < 2 && n - k > 0;
+        if (!more) break; /* U, S and t are not needed any more */
+        remove_rows(ws, &n, drop);
+        if (k > 0) {
             if (k > n)
-                cov_from_rows(ws, ws->X, n);
+                cov_from_rows(ws, n);
             else
-                cov_downdate(ws, k);
+                cov_downdate(ws, n, k);
         }
     }
     *n_masks = count;

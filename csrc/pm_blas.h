@@ -42,4 +42,15 @@ void scipy_dsyevr_(const char *jobz, const char *range, const char *uplo,
                    size_t range_len, size_t uplo_len);
 #define pm_lapack_dsyevr scipy_dsyevr_
 
+/* LAPACK dstevr: selected eigenpairs of a symmetric tridiagonal matrix
+ * (d: diagonal, e: off-diagonal; both overwritten). */
+void scipy_dstevr_(const char *jobz, const char *range, const blasint *n,
+                   double *d, double *e, const double *vl, const double *vu,
+                   const blasint *il, const blasint *iu, const double *abstol,
+                   blasint *m, double *w, double *z, const blasint *ldz,
+                   blasint *isuppz, double *work, const blasint *lwork,
+                   blasint *iwork, const blasint *liwork, blasint *info,
+                   size_t jobz_len, size_t range_len);
+#define pm_lapack_dstevr scipy_dstevr_
+
 #endif /* PM_BLAS_H */

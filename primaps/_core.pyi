@@ -14,6 +14,23 @@ def l2_normalize(features: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
 def upsample_bilinear(x: npt.ArrayLike, size: _Size) -> npt.NDArray[np.float32]: ...
 def upsample_bilinear_adjoint(y: npt.ArrayLike, in_size: _Size) -> npt.NDArray[np.float32]: ...
 
+# Mask proposals (masks.c)
+def masks(
+    features: npt.ArrayLike,
+    threshold: float = 0.4,
+    stop_fraction: float = 0.95,
+    gain: float = 10.0,
+    median_size: int = 3,
+    max_masks: Union[int, None] = None,
+    out_size: Union[_Size, None] = None,
+    return_soft: bool = False,
+) -> tuple[
+    npt.NDArray[np.int32],
+    Union[list[npt.NDArray[np.float32]], None],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]: ...
+
 # Evaluation (metrics.c)
 def confusion_matrix(
     pred: npt.ArrayLike, gt: npt.ArrayLike, n_classes: int, extra_clusters: int = 0
