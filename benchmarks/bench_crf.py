@@ -11,8 +11,13 @@ repetition; speed-ups are medians of the per-repetition ratios:
   way a dataset of same-size images is processed;
 - ``batch``: a batch of 8 (B, H, W, 3) through a context, time per image;
 - ``pydensecrf2``: DenseCRF2D with the same parameters (single-threaded).
-Also prints the largest marginal difference from pydensecrf2 and appends a
-JSON record to benchmarks/out/crf.json.
+Also prints the CPU time of a ``DenseCRF`` call (all threads) and its ratio
+to pydensecrf2's (on a shared machine the wall time also counts the time
+the threads wait for a core; the CPU time does not),
+the speed-up of the batch from 1 to 2 threads (it shares no work between
+threads, so it shows how much of a second core the machine gave), the
+load average, the marginal differences from pydensecrf2 and the agreement
+of the label maps, and appends a JSON record to benchmarks/out/crf.json.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +115,7 @@ def main(argv=None) -> int:
             ref = ref_run()
             q = primaps.dense_crf(img, logits, args.iterations)
             row["max_abs_diff"] = float(np.abs(q - ref).max())
+            row["mean_abs_diff"] = float(np.abs(q - ref).mean())
             row["argmax_agreement"] = float((q.argmax(0) == ref.argmax(0)).mean())
         crfs = {}
         for n in args.threads:
@@ -121,20 +128,29 @@ def main(argv=None) -> int:
         # taken within a repetition.
         times = {k: [] for k in ["pydensecrf2"] + [f"{m}@{n}" for n in args.threads
                                                    for m in ("dense_crf", "DenseCRF", "batch")]}
+        cpu = {n: [] for n in args.threads}
+        cpu_ref = []
+        row["load_before"] = os.getloadavg()[0]
         for _ in range(args.repeat):
             if ref_run is not None:
+                c0 = time.process_time()
                 times["pydensecrf2"] += timeit(ref_run, repeat=1, warmup=0)
+                cpu_ref.append(time.process_time() - c0)
             for n in args.threads:
                 primaps.set_num_threads(n)
                 times[f"dense_crf@{n}"] += timeit(lambda: primaps.dense_crf(img, logits, args.iterations),
                                                   repeat=1, warmup=0)
+                c0 = time.process_time()
                 times[f"DenseCRF@{n}"] += timeit(lambda: crfs[n](img, logits), repeat=1, warmup=0)
+                cpu[n].append(time.process_time() - c0)
                 times[f"batch@{n}"] += [t / args.batch for t in
                                         timeit(lambda: crfs[n](imgs, blogits), repeat=1, warmup=0)]
+        row["load_after"] = os.getloadavg()[0]
         if ref_run is not None:
             row["pydensecrf2_s"] = median(times["pydensecrf2"])
+            row["pydensecrf2_cpu_s"] = median(cpu_ref)
         for n in args.threads:
-            entry = {}
+            entry = {"DenseCRF_cpu_s": median(cpu[n])}
             line = f"L={L:2d} threads={n}:"
             for m in ("dense_crf", "DenseCRF", "batch"):
                 t = times[f"{m}@{n}"]
@@ -146,11 +162,21 @@ def main(argv=None) -> int:
                     line += f" (x{ratio:.1f})"
                 line += ","
             row[f"threads{n}"] = entry
+            line += f" DenseCRF cpu {entry['DenseCRF_cpu_s'] * 1e3:.1f} ms"
             if ref_run is not None:
+                ratio = median([r / x for r, x in zip(cpu_ref, cpu[n])])
+                entry["DenseCRF_cpu_ratio"] = ratio
+                line += f" (x{ratio:.1f} of pydensecrf2's cpu {row['pydensecrf2_cpu_s'] * 1e3:.1f} ms),"
                 line += f" pydensecrf2 {row['pydensecrf2_s'] * 1e3:.1f} ms"
             print(line.rstrip(","), flush=True)
+        if 1 in args.threads and 2 in args.threads:
+            par = median([a / b for a, b in zip(times["batch@1"], times["batch@2"])])
+            row["batch_parallel_speedup"] = par
+            print(f"L={L:2d}: batch 1 -> 2 threads x{par:.2f}; load average "
+                  f"{row['load_before']:.1f} -> {row['load_after']:.1f}")
         if ref_run is not None:
             print(f"L={L:2d}: vs pydensecrf2 max|dQ| {row['max_abs_diff']:.1e}, "
+                  f"mean|dQ| {row['mean_abs_diff']:.1e}, "
                   f"argmax agreement {row['argmax_agreement']:.4f}")
         else:
             print(f"L={L:2d}: pydensecrf2 is not installed (pip install pydensecrf2) - no reference")

@@ -241,13 +241,16 @@ void pm_crf_ctx_free(pm_crf_ctx *ctx);
  *              U = -log_softmax(logits), the same for both)
  *   marginals: (B, L, H, W) output, Q after p->iterations updates
  *              Q <- softmax(-U + sum_m w_m D_m^-1/2 K_m D_m^-1/2 Q)
- *              (K_m through a permutohedral lattice, D_m = diag(K_m 1));
+ *              (D_m = diag(K_m 1); the appearance K_m through a
+ *              permutohedral lattice, the smoothness one exactly on the
+ *              pixel grid if theta_xy <= 4, else on a lattice);
  *              may equal logits.
  * Images run in parallel when B >= the thread count, otherwise the threads
  * share each image; the result is bitwise the same for any thread
  * count.  Returns PM_ERR_NONFINITE if the logits hold NaN or inf,
- * PM_ERR_ARG for bad sizes or parameters (or a theta so small that lattice
- * coordinates leave the range of the keys, |x / theta| about 10^5). */
+ * PM_ERR_ARG for bad sizes or parameters (or an appearance theta so small
+ * that lattice coordinates leave the range of the keys, |x / theta| about
+ * 10^5). */
 int pm_dense_crf(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
                  float *marginals, int64_t B, int64_t L, int64_t H, int64_t W,
                  const pm_crf_params *p);

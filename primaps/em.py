@@ -16,6 +16,7 @@ from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
                         WorkspaceOwner, write_npz_atomic)
 from ._version import __version__
+from .crf import check_images, predict_refined, resolve_crf
 
 FORMAT = "primaps.PriMaPsEM"
 FORMAT_VERSION = 1
@@ -523,23 +524,40 @@ class PriMaPsEM(WorkspaceOwner):
         """The effective prototypes ``theta = g v / ||v||``, float32 (K, C)."""
         return self._which(which).theta()
 
-    def predict(self, features: Any, size: Any, which: str = "teacher") -> np.ndarray:
+    def predict(self, features: Any, size: Any, which: str = "teacher",
+                images: Any = None, crf: Any = False) -> np.ndarray:
         """Class of every pixel: ``argmax_k theta_k . F`` with the logits
-        upsampled bilinearly to `size` (an int or (H, W)).
+        upsampled bilinearly to `size` (an int or (H, W)), or refined by the
+        dense CRF over the images first (the original's "with CRF" rows).
 
         Parameters
         ----------
         features : array (B, C, h, w) or (C, h, w)
         size : int or (H, W)
         which : "teacher" or "student"
+        images : uint8 array (B, H, W, 3) or (H, W, 3), optional
+            The RGB images of the features, for ``crf``.
+        crf : bool or DenseCRF, default False
+            Refine with the dense CRF as the original's test does: the
+            logits upsampled to the images' size, unary ``-log max(softmax,
+            1e-5)``, the image in BGR order, argmax of the marginals
+            (``True``: that CRF; a :class:`DenseCRF`: other parameters).
+            Needs `images`, and `size` equal to their size.
 
         Returns
         -------
         ndarray of int32, (B, H, W) or (H, W)
         """
         theta, x = self._theta_and_features(features, which)
-        out = _core.em_predict(self._ws, x, theta, size)
-        return out[0] if np.ndim(features) == 3 else out
+        single = np.ndim(features) == 3
+        refiner = resolve_crf(crf)
+        if refiner is not None:
+            out = predict_refined(refiner, x, theta, None, size, images, single)
+        else:
+            if images is not None:
+                check_images(images, x.shape[0], single)
+            out = _core.em_predict(self._ws, x, theta, size)
+        return out[0] if single else out
 
     def pseudo_labels(self, features: Any, masks: Any, which: str = "teacher") -> np.ndarray:
         """The E-step's pseudo labels: the mode of the label-resolution

@@ -7,6 +7,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._runtime import get_num_threads
+from .crf import as_size2, check_images, refine_argmax, resolve_crf
 
 __all__ = ["masks"]
 
@@ -21,6 +23,8 @@ def masks(
     out_size: Union[int, Sequence[int], None] = None,
     return_soft: bool = False,
     return_info: bool = False,
+    images: Any = None,
+    crf: Any = False,
 ):
     """PriMaPs mask maps of dense features.
 
@@ -52,6 +56,19 @@ def masks(
         Also return a dict with ``iterations`` (masks extracted per image)
         and ``n_masks`` (ids in the map per image), int64 arrays of shape
         (B,) (scalars for a single image).
+    images : array_like of uint8, (H, W, 3) or (B, H, W, 3), optional
+        The RGB images of the features, for ``crf``.
+    crf : bool or DenseCRF, default False
+        Refine the masks with the dense CRF at image resolution, as the
+        original pipeline does (DESIGN.md 1.1, 1.4): the logits
+        ``[b, M_1..M_n]`` are upsampled bilinearly to the images' size, the
+        unary is ``-log max(softmax, 1e-5)``, the image goes in BGR order
+        (the original's numbers: ``dense_crf(image[..., ::-1], logits,
+        min_prob=1e-5)``), and the map is the argmax of the marginals, its
+        ids renumbered consecutively. ``True`` uses that CRF; a
+        :class:`DenseCRF` sets other parameters (its ``min_prob`` too).
+        Needs `images`; the map is at the images' size (`out_size`, if
+        given, must equal it).
 
     Returns
     -------
@@ -63,17 +80,45 @@ def masks(
     Results are bitwise identical for any thread count
     (``primaps.set_num_threads``).
     """
-    maps, soft, iterations, n_masks = _core.masks(
-        features,
-        threshold=threshold,
-        stop_fraction=stop_fraction,
-        gain=gain,
-        median_size=median_size,
-        max_masks=max_masks,
-        out_size=out_size,
-        return_soft=bool(return_soft),
-    )
+    refiner = resolve_crf(crf)
     single = np.ndim(features) == 3
+    if refiner is not None:
+        if images is None:
+            raise ValueError("crf needs the images: pass images=(B, H, W, 3) uint8")
+        imgs = check_images(images, None if single else len(features), single)
+        size = imgs.shape[1:3]
+        if out_size is not None and as_size2(out_size, "out_size") != size:
+            raise ValueError(f"out_size must be None or the images' size {size} with crf, "
+                             f"got {out_size}")
+        maps, soft, iterations, n_masks = _core.masks(
+            features, threshold=threshold, stop_fraction=stop_fraction, gain=gain,
+            median_size=median_size, max_masks=max_masks, return_soft=True)
+        maps = np.empty((len(soft),) + size, np.int32)
+        n_masks = np.asarray(n_masks).copy()
+        # Images with as many channels go through the CRF together, as many
+        # at a time as threads (they then run in parallel).
+        step = max(1, get_num_threads())
+        for n_ch in sorted({a.shape[0] for a in soft}):
+            idx = [b for b, a in enumerate(soft) if a.shape[0] == n_ch]
+            for k in range(0, len(idx), step):
+                part = idx[k:k + step]
+                labels = refine_argmax(refiner, imgs[part], np.stack([soft[b] for b in part]))
+                for b, lab in zip(part, labels):
+                    maps[b] = _renumber(lab)
+                    n_masks[b] = maps[b].max()
+    else:
+        if images is not None:
+            check_images(images, None if single else len(features), single)
+        maps, soft, iterations, n_masks = _core.masks(
+            features,
+            threshold=threshold,
+            stop_fraction=stop_fraction,
+            gain=gain,
+            median_size=median_size,
+            max_masks=max_masks,
+            out_size=out_size,
+            return_soft=bool(return_soft),
+        )
     if single:
         maps = maps[0]
     out = [maps]
@@ -85,3 +130,13 @@ def masks(
         else:
             out.append({"iterations": iterations, "n_masks": n_masks})
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Channel ids (0 = background) made consecutive 1..m in channel order
+    (the order of extraction), dropping the masks that won no pixel."""
+    present = np.unique(labels)
+    present = present[present > 0]
+    lut = np.zeros(int(labels.max()) + 1, np.int32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    return lut[labels]

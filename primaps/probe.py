@@ -11,6 +11,7 @@ from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_reiterable, is_array_tuple, iterable_epoch, progress,
                         WorkspaceOwner)
+from .crf import check_images, predict_refined, resolve_crf
 
 __all__ = ["LinearProbe"]
 
@@ -131,14 +132,24 @@ class LinearProbe(WorkspaceOwner):
         self.loss_history_.append(float(loss))
         return float(loss)
 
-    def predict(self, features: Any, size: Any) -> np.ndarray:
+    def predict(self, features: Any, size: Any, images: Any = None,
+                crf: Any = False) -> np.ndarray:
         """Class of every pixel at `size` (an int or (H, W)): the argmax of
-        the logits upsampled bilinearly.  int32 (B, H, W) or (H, W)."""
+        the logits upsampled bilinearly, or refined by the dense CRF over
+        `images` (uint8 (B, H, W, 3) or (H, W, 3)) with ``crf`` as in
+        :meth:`PriMaPsEM.predict`.  int32 (B, H, W) or (H, W)."""
         if self.weight_ is None:
             raise RuntimeError("predict needs a fitted probe: call fit first")
         x = as_features(features)
         if x.shape[1] != self.weight_.shape[1]:
             raise ValueError(f"features have {x.shape[1]} channels but the probe has "
                              f"{self.weight_.shape[1]}")
-        out = _core.em_predict(self._ws, x, self.weight_, size, bias=self.bias_)
-        return out[0] if np.ndim(features) == 3 else out
+        single = np.ndim(features) == 3
+        refiner = resolve_crf(crf)
+        if refiner is not None:
+            out = predict_refined(refiner, x, self.weight_, self.bias_, size, images, single)
+        else:
+            if images is not None:
+                check_images(images, x.shape[0], single)
+            out = _core.em_predict(self._ws, x, self.weight_, size, bias=self.bias_)
+        return out[0] if single else out

@@ -1,16 +1,19 @@
 """dense_crf against an exact O(N^2) NumPy twin and pydensecrf2; symmetric and
 degenerate cases; thread-count invariance; bad input gets a clear error.
 
-Tolerances against the exact twin.  The lattice replaces each Gaussian
-kernel by an approximation: on a pixel grid its impulse response has the
-right width (effective standard deviation 1.03 theta at theta = 1, 1.05 theta
-at theta = 5) but its entries differ from exp(-r^2/2) by up to ~0.1 (e.g.
-0.71 instead of 0.61 one pixel away at theta = 1), and it is not exactly
-shift invariant.  Measured over 48 cases of 12 x 12 pixels with 2-6 labels
+Tolerances against the exact twin.  The smoothness kernel (theta_xy <= 4) is
+computed exactly on the pixel grid; the appearance kernel goes through the
+permutohedral lattice, which approximates its Gaussian: on a pixel grid the
+lattice's impulse response has the right width (effective standard
+deviation 1.03 theta at theta = 1, 1.05 theta at theta = 5) but its entries
+differ from exp(-r^2/2) by up to ~0.1, and it is not exactly shift
+invariant.  Measured over 48 cases of 12 x 12 pixels with 2-6 labels
 (image-aligned blocks and pure noise, unaries 2*onehot + N(0, 1)): pooled
-argmax agreement 99.4-99.9 % (per case >= 97.9 %), per-case mean |dQ| <= 0.008
-and 95th percentile of |dQ| <= 0.003; a few near-tie pixels flip, with |dQ|
-up to 0.98 there.  The tests below allow 98 % pooled / 95 % per case
+argmax agreement 99.88 % (blocks) and 99.97 % (noise), per case >= 98.6 %,
+per-case mean |dQ| <= 0.0054 and 95th percentile of |dQ| <= 0.0016; a few
+near-tie pixels flip, with |dQ| up to 0.96 there.  (With the smoothness
+kernel on a lattice too: 99.88 % and 99.42 %, per case >= 97.9 %, mean
+|dQ| <= 0.008.)  The tests below allow 98 % pooled / 95 % per case
 agreement, mean |dQ| <= 0.02 and a 95th percentile <= 0.02.
 """
 
@@ -106,6 +109,7 @@ def test_matches_exact_mean_field(kind):
         dict(appearance_weight=0.0),
         dict(appearance_theta_xy=5.0, appearance_theta_rgb=20.0, smoothness_theta_xy=2.0),
         dict(appearance_weight=10.0, smoothness_weight=0.5, iterations=3),
+        dict(smoothness_theta_xy=6.0),  # wide: the smoothness kernel on a lattice
     ],
 )
 def test_matches_exact_mean_field_other_parameters(params):
@@ -118,6 +122,19 @@ def test_matches_exact_mean_field_other_parameters(params):
         total += q[0].size
         assert np.abs(q - r).mean() <= 0.02
     assert agree / total >= 0.98
+
+
+@pytest.mark.parametrize("theta", [0.05, 0.7, 1.0, 2.5, 4.0])
+def test_smoothness_kernel_is_exact(rng, theta):
+    """Without the appearance kernel nothing is approximated: the grid
+    filter is the exact Gaussian cut below 1.1e-7 of its peak, so only
+    float32 rounding separates it from the float64 twin."""
+    for H, W in [(12, 12), (5, 17), (1, 9)]:
+        img = rng.integers(0, 256, (H, W, 3)).astype(np.uint8)
+        logits = rng.normal(0, 2, (4, H, W)).astype(np.float32)
+        params = dict(appearance_weight=0.0, smoothness_theta_xy=theta, smoothness_weight=3.0)
+        q = primaps.dense_crf(img, logits, **params)
+        np.testing.assert_allclose(q, twin.dense_crf(img, logits, **params), atol=2e-5)
 
 
 def test_zero_iterations_is_the_softmax(rng):
@@ -244,15 +261,27 @@ def test_batch_equals_loop(rng, photo):
         assert np.array_equal(batch[b], primaps.dense_crf(imgs[b], logits[b]))
 
 
-@pytest.mark.parametrize("L", [1, 2, 6, 9, 27])
-def test_identical_for_every_thread_count(threads, rng, photo, L):
+@pytest.mark.parametrize(
+    "L, params",
+    [
+        (1, {}),
+        (2, {}),
+        (6, {}),
+        (9, {}),
+        (27, {}),
+        (5, dict(smoothness_theta_xy=6.0)),  # two lattices
+        (5, dict(appearance_weight=0.0)),  # the grid alone
+        (5, dict(smoothness_weight=0.0)),  # the appearance lattice alone
+    ],
+)
+def test_identical_for_every_thread_count(threads, rng, photo, L, params):
     img = np.ascontiguousarray(photo[:64, :80])
     imgs = np.stack([img, photo[64:128, 80:160], photo[-64:, -80:]])
     logits = rng.normal(0, 2, (3, L, 64, 80)).astype(np.float32)
     ref_one = ref_batch = None
     for n in (1, 2, 3, 4, 7):
         threads(n)
-        one, batch = primaps.dense_crf(img, logits[0]), primaps.dense_crf(imgs, logits)
+        one, batch = primaps.dense_crf(img, logits[0], **params), primaps.dense_crf(imgs, logits, **params)
         if ref_one is None:
             ref_one, ref_batch = one, batch
         assert np.array_equal(one, ref_one), n
@@ -366,22 +395,42 @@ def test_permutohedral_filter_single_point():
 # --------------------------------------------------------------- pydensecrf2
 
 
-def test_matches_pydensecrf2(photo, rng):
+def _pydensecrf(img, unary, L, smoothness=True):
     dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
+    H, W = img.shape[:2]
+    d = dcrf.DenseCRF2D(W, H, L)
+    d.setUnaryEnergy(np.ascontiguousarray(unary, np.float32))
+    if smoothness:
+        d.addPairwiseGaussian(sxy=1, compat=3)
+    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=np.array(img), compat=4)
+    return np.array(d.inference(10)).reshape(L, H, W)
+
+
+def test_appearance_lattice_matches_pydensecrf2(photo, rng):
+    """The appearance kernel alone: the same lattice as pydensecrf's, float32
+    rounding in a different order (measured max |dQ| 4e-6 and 2e-5, label
+    maps identical)."""
     H, W = photo.shape[:2]
-    img = np.array(photo)  # pydensecrf needs a writable array
     for L in (6, 27):
         logits = smooth_logits(rng, L, H, W)
-        d = dcrf.DenseCRF2D(W, H, L)
-        d.setUnaryEnergy(np.ascontiguousarray(-twin.log_softmax(logits).reshape(L, -1), np.float32))
-        d.addPairwiseGaussian(sxy=1, compat=3)
-        d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=img, compat=4)
-        ref = np.array(d.inference(10)).reshape(L, H, W)
-        q = primaps.dense_crf(img, logits)
-        # same lattice, float32 rounding in a different order: measured
-        # max |dQ| 1.7e-5, argmax identical.
+        ref = _pydensecrf(photo, -twin.log_softmax(logits).reshape(L, -1), L, smoothness=False)
+        q = primaps.dense_crf(photo, logits, smoothness_weight=0.0)
         assert np.abs(q - ref).max() <= 2e-4
-        assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.999
+        assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.9999
+
+
+def test_matches_pydensecrf2(photo, rng):
+    """The whole model: pydensecrf filters the smoothness kernel on a
+    lattice, we compute it exactly, so the marginals differ where the two
+    kernels do.  Measured on this photo: label maps agree on 99.83-99.85 %
+    of the pixels, mean |dQ| 1.5e-4 to 5.8e-4, max |dQ| about 0.1."""
+    H, W = photo.shape[:2]
+    for L in (6, 27):
+        logits = smooth_logits(rng, L, H, W)
+        ref = _pydensecrf(photo, -twin.log_softmax(logits).reshape(L, -1), L)
+        q = primaps.dense_crf(photo, logits)
+        assert np.abs(q - ref).mean() <= 2e-3
+        assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.995
 
 
 def test_min_prob_floors_the_unary(rng):
@@ -402,21 +451,18 @@ def test_min_prob_floors_the_unary(rng):
 
 
 def test_matches_original_primaps_call(photo, rng):
-    """The original's crf.py: unary_from_softmax (floor 1e-5) on a BGR image."""
-    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
-    utils = pytest.importorskip("pydensecrf.utils")
+    """The original's crf.py: unary_from_softmax (floor 1e-5) on a BGR image.
+    Measured: label maps agree on 99.89 % of the pixels, mean |dQ| 4.3e-4
+    (the smoothness kernel is exact here, a lattice there)."""
+    utils = pytest.importorskip("pydensecrf.utils", reason="pydensecrf2 is not installed")
     H, W = photo.shape[:2]
     logits = smooth_logits(rng, 6, H, W, scale=8.0)
     probs = np.exp(twin.log_softmax(logits)).astype(np.float32)
     bgr = np.ascontiguousarray(photo[:, :, ::-1])
-    d = dcrf.DenseCRF2D(W, H, 6)
-    d.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=1, compat=3)
-    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=bgr, compat=4)
-    ref = np.array(d.inference(10)).reshape(6, H, W)
+    ref = _pydensecrf(bgr, utils.unary_from_softmax(probs), 6)
     q = primaps.dense_crf(bgr, logits, min_prob=1e-5)
-    assert np.abs(q - ref).max() <= 2e-4
-    assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.999
+    assert np.abs(q - ref).mean() <= 2e-3
+    assert (q.argmax(0) == ref.argmax(0)).mean() >= 0.995
 
 
 # ----------------------------------------------------------------- bad input
@@ -478,7 +524,7 @@ def test_nan_in_one_image_of_a_batch():
         (dict(appearance_weight=-1.0), ValueError, "appearance_weight must be a finite non-negative number, got -1.0"),
         (dict(smoothness_weight=float("nan")), ValueError, "smoothness_weight must be a finite non-negative"),
         (dict(smoothness_theta_xy="1"), TypeError, "must be real number"),
-        (dict(smoothness_theta_xy=1e-7), ValueError, "a theta is too small for an image of shape"),
+        (dict(appearance_theta_xy=1e-7), ValueError, "a theta is too small for an image of shape"),
         (dict(min_prob=1.0), ValueError, r"min_prob must be a number in \[0, 1\), got 1.0"),
         (dict(min_prob=-1e-5), ValueError, "min_prob must be a number in"),
     ],

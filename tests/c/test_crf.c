@@ -124,6 +124,28 @@ static void test_against_exact(void)
     for (int64_t k = 0; k < L * N; k++) CHECK_CLOSE(out[k], ref[k], 2e-6);
 }
 
+/* The smoothness kernel alone is computed exactly (on the pixel grid for
+ * theta <= 4): only float32 rounding separates it from the exact twin. */
+static void test_smoothness_exact(void)
+{
+    const int64_t L = 4, H = 9, W = 11, N = H * W;
+    uint8_t img[9 * 11 * 3];
+    float logits[4 * 9 * 11], out[4 * 9 * 11];
+    double ref[4 * 9 * 11];
+    pm_crf_params p;
+    pm_crf_params_default(&p);
+    p.appearance_weight = 0.0f;
+    for (int64_t i = 0; i < N * 3; i++) img[i] = (uint8_t)(128 + 120 * pm_test_rand());
+    for (int64_t k = 0; k < L * N; k++) logits[k] = 2.0f * pm_test_rand();
+    const float thetas[3] = {0.1f, 1.0f, 3.5f};
+    for (int t = 0; t < 3; t++) {
+        p.smoothness_theta_xy = thetas[t];
+        CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, L, H, W, &p), PM_OK);
+        exact_crf(img, logits, ref, L, H, W, &p);
+        for (int64_t k = 0; k < L * N; k++) CHECK_CLOSE(out[k], ref[k], 2e-5);
+    }
+}
+
 static void test_degenerate(void)
 {
     const int64_t H = 7, W = 9, N = H * W;
@@ -228,7 +250,7 @@ static void test_bad_arguments(void)
     bad.appearance_weight = -1.0f;
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &bad), PM_ERR_ARG);
     bad = p;
-    bad.smoothness_theta_xy = 1e-7f; /* coordinates beyond the key range */
+    bad.appearance_theta_xy = 1e-7f; /* coordinates beyond the key range */
     CHECK_STATUS(pm_dense_crf(NULL, img, logits, out, 1, 2, 4, 4, &bad), PM_ERR_ARG);
     bad = p;
     bad.min_prob = 1.0f;
@@ -280,6 +302,7 @@ static void test_filter(void)
 int main(void)
 {
     test_against_exact();
+    test_smoothness_exact();
     test_degenerate();
     test_threads_and_context();
     test_bad_arguments();
