@@ -81,6 +81,7 @@ class MasksConfig:
     gain: float = 10.0
     median_size: int = 3
     max_masks: int = 0  #: 0: no bound
+    crf: bool = True  #: refine with the dense CRF where the images are at hand
     batch_size: int = 64  #: images per call
 
 
@@ -107,6 +108,7 @@ class EvalConfig:
 
     probe: bool = False  #: also train and score the supervised linear probe
     probe_epochs: int = 10
+    crf: bool = True  #: also report "with CRF" rows where the images are at hand
     batch_size: int = 32
     pictures: bool = True  #: panels.png and confusion.png (needs matplotlib)
 

@@ -326,12 +326,36 @@ def _mask_kwargs(cfg: Config) -> dict:
                 median_size=m.median_size, max_masks=m.max_masks or None)
 
 
-def masks_of(cfg: Config, features: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """PriMaPs mask maps of a batch of features at `size` (no CRF)."""
+def masks_of(cfg: Config, features: np.ndarray, size: Tuple[int, int],
+             images: Optional[np.ndarray] = None) -> np.ndarray:
+    """PriMaPs mask maps of a batch of features at `size`, refined by the
+    dense CRF over `images` when they are given."""
     from . import masks
 
+    crf = images is not None
     return masks(np.ascontiguousarray(features, dtype=np.float32), out_size=size,
-                 **_mask_kwargs(cfg))
+                 images=images, crf=crf, **_mask_kwargs(cfg))
+
+
+class ImageSource:
+    """The images of a data set split by id (None for generated data)."""
+
+    def __init__(self, cfg: Config, split: str):
+        self.ds = None
+        if cfg.data.dataset != "street" and cfg.data.root:
+            try:
+                self.ds = _dataset(cfg, _split_name(cfg, split))
+            except (OSError, ValueError):
+                self.ds = None  # the folders are gone: features only
+        self.index = {i: k for k, i in enumerate(self.ds.ids)} if self.ds else {}
+
+    def __bool__(self) -> bool:
+        return self.ds is not None
+
+    def read(self, ids: Sequence[str]) -> Optional[np.ndarray]:
+        if self.ds is None or any(i not in self.index for i in ids):
+            return None
+        return np.stack([self.ds[self.index[i]][0] for i in ids])
 
 
 def pseudo(cfg: Config, ui: UI) -> dict:
@@ -341,6 +365,8 @@ def pseudo(cfg: Config, ui: UI) -> dict:
     size = label_size(cfg, paths)
     t0 = time.perf_counter()
     open_store(paths.store("train"))  # a clear error if it is missing
+    images = ImageSource(cfg, "train") if cfg.masks.crf else None
+    refined = bool(images)
     n_masks: List[int] = []
     with FeatureStore(paths.store("train"), mode="a") as store:
         with ui.progress(len(store), "PriMaPs masks") as bar:
@@ -349,7 +375,11 @@ def pseudo(cfg: Config, ui: UI) -> dict:
                 maps = []
                 for s in range(0, len(ids), cfg.masks.batch_size):
                     part = np.asarray(feats[s:s + cfg.masks.batch_size], dtype=np.float32)
-                    maps.append(masks_of(cfg, part, size))
+                    imgs = images.read(ids[s:s + cfg.masks.batch_size]) if refined else None
+                    if refined and (imgs is None or imgs.shape[1:3] != tuple(size)):
+                        raise PipelineError("the images of the training store cannot be read "
+                                            f"at the label size {size}: set masks.crf=false")
+                    maps.append(masks_of(cfg, part, size, imgs))
                     bar.update(part.shape[0])
                 del feats  # unmap the shard
                 m = np.concatenate(maps)
@@ -357,7 +387,9 @@ def pseudo(cfg: Config, ui: UI) -> dict:
                 store.write_masks(ids, m)
     out = {"images": len(n_masks), "label_size": list(size),
            "masks_per_image": round(float(np.mean(n_masks)), 2) if n_masks else None,
-           "refinement": "bilinear upsampling (no CRF: features only)",
+           "refinement": "dense CRF over the images" if refined else
+                         "bilinear upsampling, no CRF (" + ("features only" if cfg.masks.crf
+                                                            else "masks.crf = false") + ")",
            "seconds": round(time.perf_counter() - t0, 3)}
     update_metrics(paths.metrics, "pseudo", out)
     return out
@@ -526,8 +558,10 @@ def _shared(train: Batches, desc: Callable[[], str]) -> Batches:
 
 def _predict_all(models: Dict[str, Tuple[PriMaPsEM, str]], store: FeatureStore,
                  ids: List[str], labels: np.ndarray, K: int, class_names, batch: int,
-                 ui: UI) -> Dict[str, EvaluationReport]:
+                 ui: UI, images: Optional[ImageSource] = None,
+                 crf_rows: Sequence[str] = ()) -> Dict[str, EvaluationReport]:
     evs = {name: Evaluator(K, class_names=class_names) for name in models}
+    evs.update({f"{name}_crf": Evaluator(K, class_names=class_names) for name in crf_rows})
     size = labels.shape[1:]
     row = {i: k for k, i in enumerate(ids)}
     if set(row) != set(store.ids):
@@ -540,6 +574,15 @@ def _predict_all(models: Dict[str, Tuple[PriMaPsEM, str]], store: FeatureStore,
                 gt = labels[[row[i] for i in sid[s:s + batch]]]
                 for name, (est, which) in models.items():
                     evs[name].update(est.predict(f, size, which=which), gt)
+                if crf_rows:
+                    imgs = images.read(sid[s:s + batch])
+                    if imgs is None or imgs.shape[1:3] != tuple(size):
+                        raise PipelineError("the validation images cannot be read at the "
+                                            f"label size {tuple(size)}: set eval.crf=false")
+                    for name in crf_rows:
+                        est, which = models[name]
+                        evs[f"{name}_crf"].update(
+                            est.predict(f, size, which=which, images=imgs, crf=True), gt)
                 bar.update(f.shape[0])
             del feats
     return {name: ev.compute() for name, ev in evs.items()}
@@ -572,6 +615,8 @@ def _probe_report(cfg: Config, K: int, class_names, ui: UI, paths: Paths,
 ROWS = (("kmeans", "K-means baseline", "kmeans.npz", "teacher"),
         ("em_teacher", "PriMaPs-EM teacher", "em.npz", "teacher"),
         ("em_student", "PriMaPs-EM student", "em.npz", "student"),
+        ("em_teacher_crf", "PriMaPs-EM teacher, with CRF", None, "teacher"),
+        ("em_student_crf", "PriMaPs-EM student, with CRF", None, "student"),
         ("nomask_teacher", "EM without masks, teacher", "em_no_masks.npz", "teacher"),
         ("nomask_student", "EM without masks, student", "em_no_masks.npz", "student"))
 
@@ -591,6 +636,8 @@ def evaluate(cfg: Config, ui: UI, checkpoint: Optional[Path] = None) -> dict:
     models: Dict[str, Tuple[PriMaPsEM, str]] = {}
     loaded: Dict[str, PriMaPsEM] = {}
     for key, _, fname, which in ROWS:
+        if fname is None:  # the CRF rows: predictions of the rows above
+            continue
         p = ckpt if fname == "em.npz" else folder / fname
         if not p.is_file():
             continue
@@ -605,10 +652,16 @@ def evaluate(cfg: Config, ui: UI, checkpoint: Optional[Path] = None) -> dict:
     ids, labels = load_labels(paths.labels("val"))
     store = open_store(paths.store("val"))
     t = time.perf_counter()
-    reports = _predict_all(models, store, ids, labels, K, class_names, cfg.eval.batch_size, ui)
-    out: Dict[str, Any] = {"checkpoint": str(ckpt), "label_size": list(labels.shape[1:]),
-                           "crf": "not applied: the features alone are at hand",
-                           "seconds": round(time.perf_counter() - t, 3)}
+    images = ImageSource(cfg, "val") if cfg.eval.crf else None
+    crf_rows = [k for k in ("em_teacher", "em_student") if k in models] if images else []
+    reports = _predict_all(models, store, ids, labels, K, class_names, cfg.eval.batch_size, ui,
+                           images, crf_rows)
+    out: Dict[str, Any] = {
+        "checkpoint": str(ckpt), "label_size": list(labels.shape[1:]),
+        "crf": ("rows with CRF: dense CRF over the validation images" if crf_rows else
+                "not applied: " + ("eval.crf = false" if not cfg.eval.crf
+                                   else "the features alone are at hand")),
+        "seconds": round(time.perf_counter() - t, 3)}
     if cfg.eval.probe:
         t = time.perf_counter()
         reports["probe"] = _probe_report(cfg, K, class_names, ui, paths, store, ids, labels)
@@ -622,13 +675,13 @@ def evaluate(cfg: Config, ui: UI, checkpoint: Optional[Path] = None) -> dict:
         f.write(text.encode("utf-8"))
     if cfg.eval.pictures:
         out["pictures"] = _pictures(cfg, folder, loaded[ckpt], reports["em_teacher"], store,
-                                    ids, labels, palette, ui)
+                                    ids, labels, palette, ui, images)
     return out
 
 
 def _pictures(cfg: Config, folder: Path, em: PriMaPsEM, report: EvaluationReport,
               store: FeatureStore, ids: List[str], labels: np.ndarray, palette,
-              ui: UI) -> Dict[str, str]:
+              ui: UI, images: Optional[ImageSource] = None) -> Dict[str, str]:
     from . import viz
 
     try:
@@ -642,13 +695,16 @@ def _pictures(cfg: Config, folder: Path, em: PriMaPsEM, report: EvaluationReport
     feats = np.asarray(store.read(sel), dtype=np.float32)
     gt = labels[[row[i] for i in sel]]
     size = gt.shape[1:]
-    masks = masks_of(cfg, feats, size)
+    imgs = images.read(sel) if images else None
+    if imgs is not None and imgs.shape[1:3] != tuple(size):
+        imgs = None
+    masks = masks_of(cfg, feats, size, imgs if cfg.masks.crf else None)
     pseudo = em.pseudo_labels(feats, masks)
     pred = em.predict(feats, size)
     pal = palette if report.n_classes == len(palette) else None
     panels = folder / "panels.png"
-    viz.plot_panels(gt=gt, pred=pred, pseudo=pseudo, masks=masks, palette=pal, report=report,
-                    path=panels)
+    viz.plot_panels(imgs, gt=gt, pred=pred, pseudo=pseudo, masks=masks, palette=pal,
+                    report=report, path=panels)
     conf = folder / "confusion.png"
     viz.plot_confusion(report, conf, title=f"PriMaPs-EM teacher: Acc {report.accuracy:.1f} %, "
                                            f"mIoU {report.miou:.1f} %")

@@ -197,14 +197,28 @@ def test_run_from_cityscapes_folders(tmp_path, rng):
     assert r["extract"]["train"]["images"] == 6 and r["extract"]["val"]["images"] == 3
     assert r["extract"]["train"]["feature_shape"] == [32, 8, 8]
     assert r["pseudo"]["label_size"] == [32, 32]
+    assert r["pseudo"]["refinement"] == "dense CRF over the images"  # images at hand
     ev = r["evaluate"]
-    assert set(ev["table"]) == {"em_teacher", "em_student", "probe"}
+    assert set(ev["table"]) == {"em_teacher", "em_student", "em_teacher_crf", "em_student_crf",
+                                "probe"}
+    assert ev["crf"].startswith("rows with CRF")
     rep = ev["reports"]["em_teacher"]
     assert rep["n_classes"] == 27 and rep["class_names"][0] == "road"
     assert rep["n_skipped"] > 0  # the unlabelled pixels
     for name in ("em.npz", "config.toml", "build_info.json", "metrics.json", "report.txt",
                  "panels.png", "confusion.png"):
         assert (tmp_path / "city-run" / name).is_file(), name
+    text = (tmp_path / "city-run/report.txt").read_text()
+    assert "PriMaPs-EM teacher, with CRF" in text
+    # without CRF: the same rows as from features alone, and the report says why
+    p = as_json(primaps(tmp_path, "evaluate", "-c", "city.toml", "--set", "eval.crf=false",
+                        "--json", "-q"))
+    assert set(p["table"]) == {"em_teacher", "em_student", "probe"}
+    assert p["table"]["em_teacher"] == ev["table"]["em_teacher"]
+    assert p["crf"] == "not applied: eval.crf = false"
+    p = as_json(primaps(tmp_path, "pseudo", "-c", "city.toml", "--set", "masks.crf=false",
+                        "--json", "-q"))
+    assert p["refinement"] == "bilinear upsampling, no CRF (masks.crf = false)"
     # extract resumes: a second run finds every image in the stores
     p = primaps(tmp_path, "extract", "-c", "city.toml", "--json", "-q")
     assert as_json(p)["train"]["images"] == 6
