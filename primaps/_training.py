@@ -217,8 +217,11 @@ class ArraySource:
         return out
 
 
-def iterable_epoch(batches: Iterable, need_maps: bool, what: str) -> Iterator[dict]:
-    """Batches of an iterable of (features, maps[, student_features])."""
+def iterable_epoch(batches: Iterable, need_maps: bool, what: str,
+                   maps_optional: bool = False) -> Iterator[dict]:
+    """Batches of an iterable of (features, maps[, student_features]).
+    With `maps_optional`, a batch must still be such a tuple but its maps
+    may be None."""
     for item in batches:
         if is_array(item):
             item = (item,)
@@ -226,7 +229,10 @@ def iterable_epoch(batches: Iterable, need_maps: bool, what: str) -> Iterator[di
             raise TypeError(
                 f"{what} must yield (features, {'masks' if need_maps else 'labels'}"
                 f"[, student_features]) tuples, got {type(item).__name__}")
-        if need_maps and (len(item) < 2 or item[1] is None):
+        if maps_optional and len(item) < 2:
+            raise ValueError(f"{what} must yield (features, masks[, student_features]) "
+                             "tuples (masks may be None), got a 1-tuple")
+        if need_maps and not maps_optional and (len(item) < 2 or item[1] is None):
             raise ValueError(f"{what} must yield (features, maps[, student_features]); "
                              "a batch came without maps")
         feats = as_features(item[0])

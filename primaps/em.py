@@ -205,8 +205,9 @@ class PriMaPsEM(WorkspaceOwner):
         if is_array_tuple(batches):
             if not need_maps:
                 return ArraySource(batches[0]), None
-            if len(batches) < 2 or batches[1] is None:
-                raise ValueError(f"{what} must be (features, masks[, student_features])")
+            if len(batches) < 2:
+                raise ValueError(f"{what} must be (features, masks[, student_features]); "
+                                 "masks may be None (pseudo labels: the teacher's argmax)")
             src = ArraySource(batches[0], batches[1], batches[2] if len(batches) > 2 else None,
                               maps_name="masks", check_maps=_core.as_mask_map)
             return src, None
@@ -223,7 +224,7 @@ class PriMaPsEM(WorkspaceOwner):
     def _epoch(self, src, it, what: str, need_maps: bool) -> Iterator[dict]:
         if src is not None:
             return src.epoch(self._rng, self.batch_size)
-        return iterable_epoch(it, need_maps, what)
+        return iterable_epoch(it, need_maps, what, maps_optional=need_maps)
 
     @staticmethod
     def _n_batches(src, it, batch_size: int) -> int | None:
@@ -374,7 +375,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     # ----------------------------------------------------------------- EM
 
-    def partial_fit(self, batch: Any) -> "PriMaPsEM":
+    def partial_fit(self, batch: Any, label_size: Any = None) -> "PriMaPsEM":
         """Exactly one EM step on one batch.
 
         E-step (teacher pseudo labels), M-step (focal loss of the student),
@@ -385,27 +386,66 @@ class PriMaPsEM(WorkspaceOwner):
         ----------
         batch : tuple (features, masks[, student_features])
             features (B, C, h, w); masks (B, H, W) int mask maps (0 =
-            background, 1..n = masks) at label resolution; student_features
-            (B, C, h, w), the student's view (default: features).
+            background, 1..n = masks) at label resolution, or None: then the
+            pseudo label of every pixel is the teacher's own argmax (the
+            ablation "EM without masks"); student_features (B, C, h, w), the
+            student's view (default: features).
+        label_size : int or (H, W), optional
+            Size of the pseudo labels of a batch without masks (default: the
+            features' size).
         """
         self._require_fitted("partial_fit")
         if not isinstance(batch, (tuple, list)) or not 2 <= len(batch) <= 3:
             raise TypeError("batch must be a tuple (features, masks[, student_features])")
         feats = as_features(batch[0])
-        masks = np.asarray(batch[1])
-        if masks.ndim == 2:
-            masks = masks[None]
+        masks = None
+        if batch[1] is not None:
+            masks = np.asarray(batch[1])
+            if masks.ndim == 2:
+                masks = masks[None]
         student = as_features(batch[2], "student_features") if len(batch) > 2 else None
-        self._em_step({"features": feats, "maps": masks, "student": student, "index": None})
+        self._em_step({"features": feats, "maps": masks, "student": student, "index": None},
+                      label_size)
         return self
 
-    def _em_step(self, b: dict) -> float:
+    @staticmethod
+    def _label_size(label_size: Any, features: np.ndarray) -> tuple:
+        if label_size is None:
+            return int(features.shape[2]), int(features.shape[3])
+        if isinstance(label_size, (int, np.integer)) and not isinstance(label_size, bool):
+            label_size = (label_size, label_size)
+        try:
+            H, W = (check_int(x, "label_size", 1) for x in label_size)
+        except TypeError:
+            raise TypeError(f"label_size must be an int or (H, W), got {label_size!r}") from None
+        return H, W
+
+    def _argmax_step(self, b: dict, B: int, label_size: Any) -> tuple:
+        """The M-step on the teacher's own label-resolution argmax (no masks).
+
+        The argmax is taken in the image's own frame and mirrored together
+        with the features, as the masks would be."""
+        idx = b["index"]
+        feats = b["features"] if idx is None else np.ascontiguousarray(b["features"][idx])
+        student = b["student"]
+        if student is not None and idx is not None:
+            student = np.ascontiguousarray(student[idx])
+        s, t = self.student_, self.teacher_
+        size = self._label_size(label_size, feats)
+        labels = _core.em_predict(self._ws, feats, t.theta(), size).astype(np.uint8)
+        return _core.focal_bwd(self._ws, feats, labels, s.v, s.g, self.focal_gamma,
+                               student_features=student, flip=self._flips(B))
+
+    def _em_step(self, b: dict, label_size: Any = None) -> float:
         self._check_channels(b["features"].shape[1])
         B = b["features"].shape[0] if b["index"] is None else len(b["index"])
         s, t = self.student_, self.teacher_
-        loss, chi, dv, dg = _core.em_step(
-            self._ws, b["features"], b["maps"], t.v, t.g, s.v, s.g, self.focal_gamma,
-            student_features=b["student"], index=b["index"], flip=self._flips(B))
+        if b["maps"] is None:
+            loss, chi, dv, dg = self._argmax_step(b, B, label_size)
+        else:
+            loss, chi, dv, dg = _core.em_step(
+                self._ws, b["features"], b["maps"], t.v, t.g, s.v, s.g, self.focal_gamma,
+                student_features=b["student"], index=b["index"], flip=self._flips(B))
         self._adam.update({"v": s.v, "g": s.g}, {"v": dv, "g": dg})
         self.step_ += 1
         if self.step_ % self.ema_every == 0:
@@ -417,7 +457,8 @@ class PriMaPsEM(WorkspaceOwner):
         return float(loss)
 
     def fit(self, batches: Any, verbose: bool = True,
-            checkpoint: str | os.PathLike | None = None) -> "PriMaPsEM":
+            checkpoint: str | os.PathLike | None = None,
+            label_size: Any = None) -> "PriMaPsEM":
         """Train: PCA init and K-means warm-up if needed, then the EM.
 
         `fit` continues where the estimator stands: without prototypes it
@@ -433,12 +474,16 @@ class PriMaPsEM(WorkspaceOwner):
             Arrays: features (n, C, h, w) (float32 C-contiguous arrays and
             memmaps are read in place), masks (n, H, W) int mask maps at
             label resolution; shuffled into batches of ``batch_size`` every
-            epoch.  An iterable (a list, a PyTorch DataLoader, a feature
+            epoch.  Masks of None make the pseudo labels the teacher's own
+            argmax (the ablation "EM without masks").  An iterable (a list, a PyTorch DataLoader, a feature
             store) yields batches as they are, once per epoch.
         verbose : bool
             Show tqdm progress bars.
         checkpoint : path, optional
             `save` to this file after every epoch.
+        label_size : int or (H, W), optional
+            Size of the pseudo labels where masks are None (default: the
+            features' size).
         """
         src, it = self._source(batches, "batches", need_maps=True)
         if it is not None:
@@ -458,7 +503,7 @@ class PriMaPsEM(WorkspaceOwner):
         while self.epoch_ < self.epochs:
             with progress(n_batches, f"EM {self.epoch_ + 1}/{self.epochs}", verbose) as bar:
                 for b in self._epoch(src, it, "batches", need_maps=True):
-                    loss = self._em_step(b)
+                    loss = self._em_step(b, label_size)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
             self.epoch_ += 1

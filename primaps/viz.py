@@ -263,6 +263,7 @@ def plot_panels(
     pred: Any = None,
     pseudo: Any = None,
     *,
+    masks: Any = None,
     palette: Optional[npt.ArrayLike] = None,
     report: Optional["EvaluationReport"] = None,
     class_names: Optional[Sequence[str]] = None,
@@ -282,6 +283,9 @@ def plot_panels(
         Ground-truth classes, predictions and pseudo labels.  With `report`,
         `pred` and `pseudo` are cluster ids and are mapped to classes by
         ``report.map_clusters``; otherwise they are drawn as they are.
+    masks : (H, W) integer array, a (B, H, W) batch or a list, optional
+        PriMaPs mask maps, drawn second: every mask id in its own colour,
+        background (0) black.
     palette : (K, 3) uint8 array, optional
         The dataset's colours (default `default_palette`).
     report : EvaluationReport, optional
@@ -302,7 +306,9 @@ def plot_panels(
     """
     mpl = _matplotlib()
     columns = []
-    for title, name, value, ndim in (("image", "image", image, 3), ("ground truth", "gt", gt, 2),
+    for title, name, value, ndim in (("image", "image", image, 3),
+                                     ("PriMaPs masks", "masks", masks, 2),
+                                     ("ground truth", "gt", gt, 2),
                                      ("prediction", "pred", pred, 2),
                                      ("pseudo label", "pseudo", pseudo, 2)):
         batch = _as_batch(value, name, ndim)
@@ -326,7 +332,7 @@ def plot_panels(
         ]
     if class_names is None and report is not None:
         class_names = report.class_names
-    labels = [b for t, batch in columns if t != "image" for b in batch]
+    labels = [b for t, batch in columns if t not in ("image", "PriMaPs masks") for b in batch]
     top = max((_n_labels(np.asarray(b), ignore_index) for b in labels), default=0)
     if palette is None:
         palette = default_palette(max(top, len(class_names) if class_names else 1))
@@ -343,6 +349,10 @@ def plot_panels(
             ax = axes[i, j]
             if title == "image":
                 ax.imshow(_image_rgb(np.asarray(x)), interpolation="nearest")
+            elif title == "PriMaPs masks":  # mask ids in arbitrary colours, background black
+                m = np.asarray(x)
+                ids = default_palette(max(int(m.max(initial=0)) + 1, 1))
+                ax.imshow(colorize(m, ids, ignore_index=0), interpolation="nearest")
             else:
                 ax.imshow(colorize(x, pal, ignore_index), interpolation="nearest")
             ax.set_xticks([])

@@ -206,3 +206,18 @@ def test_panels_of_a_real_cityscapes_frame(mpl, shared_data, tmp_path):
     assert w > h > 150
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == [CITYSCAPES[k] for k in np.unique(report.map_clusters(pred)) if k != 255]
+
+
+def test_panels_draw_mask_maps(mpl, rng):
+    """PriMaPs mask maps get their own column: background black, every mask
+    id a colour of its own, whatever the class palette."""
+    masks = np.zeros((2, 16, 16), np.int32)
+    masks[:, :8] = 1
+    masks[:, 8:, 8:] = 40
+    gt = np.zeros((2, 16, 16), np.uint8)
+    fig = viz.plot_panels(gt=gt, masks=masks, palette=np.array([[200, 0, 0]], np.uint8))
+    axes = fig.axes
+    assert [a.get_title() for a in axes[:2]] == ["PriMaPs masks", "ground truth"]
+    pic = axes[0].get_images()[0].get_array()
+    assert tuple(pic[12, 2]) == (0, 0, 0)  # background
+    assert tuple(pic[0, 0]) != tuple(pic[12, 12]) and tuple(pic[0, 0]) != (0, 0, 0)

@@ -1,0 +1,741 @@
+"""The stages behind the ``primaps`` command: extract, pseudo, fit, evaluate.
+
+Every stage reads and writes the run folder ``run.out`` of a `Config`:
+
+    features/<split>/       feature stores (PriMaPs masks of train beside them)
+    labels/<split>.npz      ground-truth labels and ids, in store order
+    em.npz                  the PriMaPs-EM checkpoint (kmeans.npz, em_no_masks.npz)
+    config.toml             the effective config
+    build_info.json         primaps.build_info() and the Python version
+    metrics.json            training summaries and evaluation reports
+    report.txt, panels.png, confusion.png
+
+All files are written atomically.  The stages are plain functions that
+return JSON-ready dicts; `primaps.cli` prints them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ._io import atomic_write
+from ._runtime import build_info, set_num_threads
+from .config import Config, dumps
+from .em import PriMaPsEM
+from .features import FeatureStore
+from .metrics import EvaluationReport, Evaluator
+from .probe import LinearProbe
+
+__all__ = ["PipelineError", "UI", "Paths", "extract", "pseudo", "fit", "evaluate", "run",
+           "format_table"]
+
+# In-memory training when the features fit in this many bytes (float32);
+# larger stores are streamed shard window by shard window.
+IN_MEMORY_BYTES = 1 << 30
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run: missing inputs, inconsistent files."""
+
+
+# ------------------------------------------------------------------- output
+
+
+class UI:
+    """Messages to stderr and tqdm progress bars (images/s), or silence."""
+
+    def __init__(self, quiet: bool = False, messages: bool = True):
+        self.quiet = quiet
+        self.messages = messages and not quiet
+
+    def info(self, msg: str) -> None:
+        if self.messages:
+            print(msg, file=sys.stderr, flush=True)
+
+    def progress(self, total: Optional[int], desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img", unit_scale=False, leave=False,
+                    dynamic_ncols=True, disable=self.quiet, file=sys.stderr)
+
+
+class Paths:
+    """File names inside the run folder."""
+
+    def __init__(self, cfg: Config):
+        self.out = Path(cfg.run.out).expanduser()
+
+    def store(self, split: str) -> Path:
+        return self.out / "features" / split
+
+    def labels(self, split: str) -> Path:
+        return self.out / "labels" / f"{split}.npz"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "em.npz"
+
+    @property
+    def baseline(self) -> Path:
+        return self.out / "kmeans.npz"
+
+    @property
+    def ablation(self) -> Path:
+        return self.out / "em_no_masks.npz"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.json"
+
+
+SPLITS = ("train", "val")
+
+
+def _split_name(cfg: Config, split: str) -> str:
+    return cfg.data.train_split if split == "train" else cfg.data.val_split
+
+
+# -------------------------------------------------------------- small files
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, suffix=".json") as f:
+        f.write((json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8"))
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise PipelineError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_run_info(cfg: Config, folder: Path) -> None:
+    """config.toml and build_info.json, next to a checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / "config.toml", suffix=".toml") as f:
+        f.write(dumps(cfg).encode("utf-8"))
+    info = dict(build_info())
+    info["python"] = platform.python_version()
+    write_json(folder / "build_info.json", info)
+
+
+def update_metrics(path: Path, key: str, value: Any) -> None:
+    """Set metrics[key] = value in metrics.json (atomically)."""
+    m = read_json(path)
+    m[key] = value
+    write_json(path, m)
+
+
+def save_labels(path: Path, ids: Sequence[str], labels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, suffix=".npz") as f:
+        np.savez(f, ids=np.asarray(list(ids), dtype=str), labels=labels)
+
+
+def load_labels(path: Path) -> Tuple[List[str], np.ndarray]:
+    if not path.is_file():
+        raise PipelineError(f"no labels at {path}: run 'primaps extract' first")
+    with np.load(path, allow_pickle=False) as z:
+        return [str(i) for i in z["ids"]], np.asarray(z["labels"])
+
+
+def open_store(path: Path, mode: str = "r") -> FeatureStore:
+    if mode == "r" and not (path / "index.json").is_file():
+        raise PipelineError(f"no feature store at {path}: run 'primaps extract' first")
+    return FeatureStore(path, mode=mode)
+
+
+# ------------------------------------------------------------------ extract
+
+
+def _import_callable(spec: str, cfg_dir: Optional[Path]) -> Callable:
+    """The function named by "module:function" (the cwd and the config's
+    folder are searched first)."""
+    mod_name, _, fn_name = spec.partition(":")
+    for p in ([str(cfg_dir)] if cfg_dir else []) + [os.getcwd()]:
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise PipelineError(f"backbone.callable {spec!r}: cannot import {mod_name!r}: "
+                            f"{e}") from None
+    fn = mod
+    for part in fn_name.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise PipelineError(f"backbone.callable {spec!r}: {mod_name} has no {fn_name!r}")
+    if not callable(fn):
+        raise PipelineError(f"backbone.callable {spec!r} is not callable")
+    return fn
+
+
+def _feature_fn(cfg: Config, cfg_dir: Optional[Path]) -> Callable[[np.ndarray], np.ndarray]:
+    b = cfg.backbone
+    if b.callable:
+        return _import_callable(b.callable, cfg_dir)
+    from . import backbones
+
+    model = backbones.load(b.name, b.weights or None, device=b.device)
+    return lambda images: model.extract(images, batch_size=b.batch_size, flip=b.flip)
+
+
+def _dataset(cfg: Config, split: str):
+    from . import datasets
+
+    cls = {"cityscapes": datasets.Cityscapes, "cocostuff": datasets.CocoStuff,
+           "potsdam": datasets.Potsdam}[cfg.data.dataset]
+    if not cfg.data.root:
+        raise PipelineError(f"data.root is not set: the folder of {cls.__name__} "
+                            "(e.g. --set data.root=/data/cityscapes)")
+    return cls(cfg.data.root, split, resize=cfg.data.resize, crop=cfg.data.crop)
+
+
+def dataset_info(cfg: Config) -> Tuple[Tuple[str, ...], np.ndarray]:
+    """Class names and palette of the configured data set."""
+    if cfg.data.dataset == "street":
+        from .datasets.street import CLASS_NAMES, PALETTE
+
+        return CLASS_NAMES, PALETTE
+    from .datasets import cityscapes, cocostuff, potsdam
+
+    mod = {"cityscapes": cityscapes.Cityscapes, "cocostuff": cocostuff.CocoStuff,
+           "potsdam": potsdam.Potsdam}[cfg.data.dataset]
+    return tuple(mod.class_names), np.asarray(mod.palette)
+
+
+def n_classes(cfg: Config) -> int:
+    return cfg.em.n_classes or len(dataset_info(cfg)[0])
+
+
+def _extract_street(cfg: Config, paths: Paths, ui: UI) -> dict:
+    from .datasets.street import street_scenes
+
+    d = cfg.data
+    t = time.perf_counter()
+    data = street_scenes(d.n_train + d.n_val, seed=cfg.run.seed, size=d.size)
+    out = {"generated_s": round(time.perf_counter() - t, 3)}
+    parts = {"train": slice(0, d.n_train), "val": slice(d.n_train, None)}
+    for split, sl in parts.items():
+        feats, labels = data.features[sl], data.labels[sl]
+        ids = [f"street_{split}_{i:05d}" for i in range(len(feats))]
+        # a store of the same data (same seed and size) is reused as it is
+        with FeatureStore(paths.store(split), dtype=cfg.backbone.dtype, backbone="street",
+                          protocol={"generated": "street_scenes", "seed": cfg.run.seed,
+                                    "size": d.size, "n_train": d.n_train,
+                                    "n_val": d.n_val}) as store:
+            step = cfg.backbone.shard_size
+            todo = [k for k, i in enumerate(ids) if i not in store]
+            with ui.progress(len(todo), f"store {split}") as bar:
+                for s in range(0, len(todo), step):
+                    part = todo[s:s + step]
+                    store.append([ids[k] for k in part], feats[part])
+                    bar.update(len(part))
+        save_labels(paths.labels(split), ids, labels)
+        out[split] = {"images": len(ids), "feature_shape": list(feats.shape[1:]),
+                      "label_shape": list(labels.shape[1:])}
+    return out
+
+
+def extract(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
+    """Images of the data set folders -> feature stores and label files.
+
+    Resumable: images already in a store are skipped.  The generated street
+    scenes need no backbone.
+    """
+    paths = Paths(cfg)
+    t0 = time.perf_counter()
+    if cfg.data.dataset == "street":
+        out = _extract_street(cfg, paths, ui)
+        out["seconds"] = round(time.perf_counter() - t0, 3)
+        return out
+    fn = _feature_fn(cfg, cfg_dir)
+    out: Dict[str, Any] = {}
+    for split in SPLITS:
+        ds = _dataset(cfg, _split_name(cfg, split))
+        n = len(ds) if not cfg.data.limit else min(cfg.data.limit, len(ds))
+        ids = ds.ids[:n]
+        store = FeatureStore(paths.store(split), dtype=cfg.backbone.dtype,
+                             backbone=cfg.backbone.callable or cfg.backbone.name,
+                             protocol={**ds.protocol.as_dict(), "flip_average": cfg.backbone.flip})
+        labels: List[Optional[np.ndarray]] = [None] * n
+        with store, ui.progress(n, f"extract {split}") as bar:
+            step = cfg.backbone.shard_size
+            for s in range(0, n, step):
+                part = range(s, min(n, s + step))
+                items = [ds[k] for k in part]
+                for k, (_, lab) in zip(part, items):
+                    labels[k] = lab
+                todo = [k for k in part if ids[k] not in store]
+                if todo:
+                    images = np.stack([items[k - s][0] for k in todo])
+                    feats = np.asarray(fn(images))
+                    if feats.ndim != 4 or feats.shape[0] != len(todo):
+                        raise PipelineError(
+                            f"the feature function returned shape {feats.shape} for "
+                            f"{len(todo)} images; expected (B, C, h, w)")
+                    store.append([ids[k] for k in todo], feats)
+                bar.update(len(part))
+            shape = store.item_shape
+        if all(lab is not None for lab in labels) and labels:
+            save_labels(paths.labels(split), ids, np.stack(labels))
+        out[split] = {"images": n, "feature_shape": list(shape or ()),
+                      "labelled": all(lab is not None for lab in labels)}
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+# ------------------------------------------------------------------- pseudo
+
+
+def label_size(cfg: Config, paths: Paths, split: str = "train") -> Tuple[int, int]:
+    """(H, W) of the labels (the size of the mask maps of the E-step)."""
+    p = paths.labels(split)
+    if p.is_file():
+        with np.load(p, allow_pickle=False) as z:
+            return tuple(int(x) for x in z["labels"].shape[1:])  # type: ignore[return-value]
+    if cfg.data.dataset == "street":
+        return cfg.data.size, cfg.data.size
+    return cfg.data.crop, cfg.data.crop
+
+
+def _mask_kwargs(cfg: Config) -> dict:
+    m = cfg.masks
+    return dict(threshold=m.threshold, stop_fraction=m.stop_fraction, gain=m.gain,
+                median_size=m.median_size, max_masks=m.max_masks or None)
+
+
+def masks_of(cfg: Config, features: np.ndarray, size: Tuple[int, int],
+             images: Optional[np.ndarray] = None) -> np.ndarray:
+    """PriMaPs mask maps of a batch of features at `size`, refined by the
+    dense CRF over `images` when they are given."""
+    from . import masks
+
+    crf = images is not None
+    return masks(np.ascontiguousarray(features, dtype=np.float32), out_size=size,
+                 images=images, crf=crf, **_mask_kwargs(cfg))
+
+
+class ImageSource:
+    """The images of a data set split by id (None for generated data)."""
+
+    def __init__(self, cfg: Config, split: str):
+        self.ds = None
+        if cfg.data.dataset != "street" and cfg.data.root:
+            try:
+                self.ds = _dataset(cfg, _split_name(cfg, split))
+            except (OSError, ValueError):
+                self.ds = None  # the folders are gone: features only
+        self.index = {i: k for k, i in enumerate(self.ds.ids)} if self.ds else {}
+
+    def __bool__(self) -> bool:
+        return self.ds is not None
+
+    def read(self, ids: Sequence[str]) -> Optional[np.ndarray]:
+        if self.ds is None or any(i not in self.index for i in ids):
+            return None
+        return np.stack([self.ds[self.index[i]][0] for i in ids])
+
+
+def pseudo(cfg: Config, ui: UI) -> dict:
+    """PriMaPs masks of the training store, stored beside its features
+    (computed again on every call: they follow the current [masks] config)."""
+    paths = Paths(cfg)
+    size = label_size(cfg, paths)
+    t0 = time.perf_counter()
+    open_store(paths.store("train"))  # a clear error if it is missing
+    images = ImageSource(cfg, "train") if cfg.masks.crf else None
+    refined = bool(images)
+    n_masks: List[int] = []
+    with FeatureStore(paths.store("train"), mode="a") as store:
+        with ui.progress(len(store), "PriMaPs masks") as bar:
+            for k in range(store.n_shards):
+                ids, feats = store.shard(k)
+                maps = []
+                for s in range(0, len(ids), cfg.masks.batch_size):
+                    part = np.asarray(feats[s:s + cfg.masks.batch_size], dtype=np.float32)
+                    imgs = images.read(ids[s:s + cfg.masks.batch_size]) if refined else None
+                    if refined and (imgs is None or imgs.shape[1:3] != tuple(size)):
+                        raise PipelineError("the images of the training store cannot be read "
+                                            f"at the label size {size}: set masks.crf=false")
+                    maps.append(masks_of(cfg, part, size, imgs))
+                    bar.update(part.shape[0])
+                del feats  # unmap the shard
+                m = np.concatenate(maps)
+                n_masks += m.reshape(m.shape[0], -1).max(axis=1).tolist()
+                store.write_masks(ids, m)
+    out = {"images": len(n_masks), "label_size": list(size),
+           "masks_per_image": round(float(np.mean(n_masks)), 2) if n_masks else None,
+           "refinement": "dense CRF over the images" if refined else
+                         "bilinear upsampling, no CRF (" + ("features only" if cfg.masks.crf
+                                                            else "masks.crf = false") + ")",
+           "seconds": round(time.perf_counter() - t0, 3)}
+    update_metrics(paths.metrics, "pseudo", out)
+    return out
+
+
+# ---------------------------------------------------------------------- fit
+
+
+class Batches:
+    """Re-iterable shuffled batches of a training store, or of arrays that
+    fit in memory, with a progress bar in images/s for every pass.
+
+    Yields, by `maps`: ``(features, masks)`` ("masks"), ``(features,
+    None)`` ("none": EM without masks), ``(features, labels)`` ("labels")
+    or bare features ("features").
+    """
+
+    def __init__(self, store: FeatureStore, batch_size: int, seed: int, ui: UI,
+                 desc: Callable[[], str], maps: str = "masks", shuffle: bool = True,
+                 labels: Optional[np.ndarray] = None, in_memory: Optional[bool] = None,
+                 dtype: Any = np.float32):
+        self.store, self.batch_size, self.seed, self.ui = store, batch_size, seed, ui
+        self.dtype = dtype
+        self.desc, self.maps, self.shuffle, self.labels = desc, maps, shuffle, labels
+        self.n = len(store)
+        self.passes = 0
+        C_h_w = store.item_shape or (0,)
+        nbytes = self.n * int(np.prod(C_h_w)) * 4
+        self.features = None
+        self.masks = None
+        if in_memory if in_memory is not None else nbytes <= IN_MEMORY_BYTES:
+            self.features = np.concatenate([np.asarray(f, dtype=np.float32)
+                                            for _, f in store.iter_shards()])
+            if maps == "masks":
+                self.masks = np.stack([store.read_masks(i) for i in store.ids])
+        self.row = {i: k for k, i in enumerate(store.ids)}
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def _tuple(self, feats: np.ndarray, masks: Optional[np.ndarray], ids) -> Any:
+        if self.maps == "masks":
+            return feats, masks
+        if self.maps == "none":
+            return feats, None
+        if self.maps == "labels":
+            return feats, self.labels[[self.row[i] for i in ids]]
+        return feats
+
+    def __iter__(self) -> Iterator[Any]:
+        seed = [self.seed, self.passes]
+        self.passes += 1
+        with self.ui.progress(self.n, self.desc()) as bar:
+            if self.features is not None:
+                rng = np.random.default_rng(seed)
+                order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+                ids = self.store.ids
+                for s in range(0, self.n, self.batch_size):
+                    idx = order[s:s + self.batch_size]
+                    m = self.masks[idx] if self.masks is not None else None
+                    yield self._tuple(self.features[idx], m, [ids[i] for i in idx])
+                    bar.update(len(idx))
+            else:
+                pass_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+                it = self.store.batches(self.batch_size, shuffle=self.shuffle, seed=pass_seed,
+                                        masks=self.maps == "masks", dtype=self.dtype)
+                for item in it:
+                    ids, feats = item[0], item[1]
+                    yield self._tuple(feats, item[2] if len(item) > 2 else None, ids)
+                    bar.update(len(ids))
+
+
+def _estimator(cfg: Config, K: int, **over: Any) -> PriMaPsEM:
+    e = cfg.em
+    kw = dict(n_classes=K, lr=e.lr, focal_gamma=e.focal_gamma, ema_decay=e.ema_decay,
+              ema_every=e.ema_every, warmup_epochs=e.warmup_epochs, epochs=e.epochs,
+              batch_size=e.batch_size, hflip=e.hflip, seed=cfg.run.seed)
+    kw.update(over)
+    return PriMaPsEM(**kw)
+
+
+def _em_desc(em: PriMaPsEM, name: str) -> Callable[[], str]:
+    def desc() -> str:
+        if em.warmup_epoch_ < em.warmup_epochs:
+            return f"{name}: K-means {em.warmup_epoch_ + 1}/{em.warmup_epochs}"
+        return f"{name}: EM {em.epoch_ + 1}/{em.epochs}"
+    return desc
+
+
+def _summary(em: PriMaPsEM, seconds: float) -> dict:
+    out = {"seconds": round(seconds, 3), "warmup_epochs": em.warmup_epoch_,
+           "em_epochs": em.epoch_, "em_steps": em.step_}
+    if em.warmup_loss_history_:
+        out["kmeans_loss_last"] = em.warmup_loss_history_[-1]
+    if em.loss_history_:
+        out["focal_loss_first"] = em.loss_history_[0]
+        out["focal_loss_last"] = em.loss_history_[-1]
+    return out
+
+
+def _pca_source(train: Batches) -> Any:
+    if train.features is not None:
+        return train.features
+    # the store's dtype (float16): init_pca converts only the pixels it samples
+    return Batches(train.store, 256, 0, train.ui, lambda: "PCA init", maps="features",
+                   shuffle=False, in_memory=False, dtype=None)
+
+
+def fit(cfg: Config, ui: UI) -> dict:
+    """PCA init, K-means warm-up and EM on the training store -> em.npz
+    (and, as configured, the K-means baseline and the EM without masks)."""
+    paths = Paths(cfg)
+    K = n_classes(cfg)
+    write_run_info(cfg, paths.out)
+    out: Dict[str, Any] = {"n_classes": K}
+    store = open_store(paths.store("train"))
+    if set(store.mask_ids) != set(store.ids):
+        raise PipelineError(f"{len(set(store.ids) - set(store.mask_ids))} training images "
+                            f"have no PriMaPs masks: run 'primaps pseudo' first")
+    size = label_size(cfg, paths)
+    t_load = time.perf_counter()
+    em = _estimator(cfg, K)
+    train = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(em, "PriMaPs-EM"))
+    out["load_seconds"] = round(time.perf_counter() - t_load, 3)
+    out["in_memory"] = train.features is not None
+    t = time.perf_counter()
+    em.init_pca(_pca_source(train), verbose=False)
+    out["pca_seconds"] = round(time.perf_counter() - t, 3)
+    em.fit(train, verbose=False, checkpoint=paths.checkpoint)
+    em.save(paths.checkpoint)  # also when there are no epochs to run
+    out["em"] = _summary(em, time.perf_counter() - t)
+    if cfg.em.baseline:
+        t = time.perf_counter()
+        km = _estimator(cfg, K, warmup_epochs=cfg.em.warmup_epochs + cfg.em.epochs, epochs=0)
+        feats = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(km, "baseline"),
+                        maps="features", in_memory=False)
+        feats.features = train.features  # shared when in memory
+        km.init_pca(_pca_source(train), verbose=False)
+        km.warmup(feats, verbose=False)
+        km.save(paths.baseline)
+        out["kmeans"] = _summary(km, time.perf_counter() - t)
+    if cfg.em.ablation_no_masks:
+        t = time.perf_counter()
+        ab = _estimator(cfg, K)
+        nomask = Batches(store, cfg.em.batch_size, cfg.run.seed, ui,
+                         _em_desc(ab, "EM without masks"), maps="none", in_memory=False) \
+            if train.features is None else _shared(train, _em_desc(ab, "EM without masks"))
+        ab.init_pca(_pca_source(train), verbose=False)
+        ab.fit(nomask, verbose=False, label_size=size)
+        ab.save(paths.ablation)
+        out["em_no_masks"] = _summary(ab, time.perf_counter() - t)
+    update_metrics(paths.metrics, "fit", out)
+    return out
+
+
+def _shared(train: Batches, desc: Callable[[], str]) -> Batches:
+    """Batches without masks over the in-memory features of `train`."""
+    b = Batches.__new__(Batches)
+    b.__dict__.update(train.__dict__)
+    b.maps, b.masks, b.desc, b.passes = "none", None, desc, 0
+    return b
+
+
+# ----------------------------------------------------------------- evaluate
+
+
+def _predict_all(models: Dict[str, Tuple[PriMaPsEM, str]], store: FeatureStore,
+                 ids: List[str], labels: np.ndarray, K: int, class_names, batch: int,
+                 ui: UI, images: Optional[ImageSource] = None,
+                 crf_rows: Sequence[str] = ()) -> Dict[str, EvaluationReport]:
+    evs = {name: Evaluator(K, class_names=class_names) for name in models}
+    evs.update({f"{name}_crf": Evaluator(K, class_names=class_names) for name in crf_rows})
+    size = labels.shape[1:]
+    row = {i: k for k, i in enumerate(ids)}
+    if set(row) != set(store.ids):
+        raise PipelineError("the validation labels and the validation store hold different "
+                            "images: run 'primaps extract' again into a fresh folder")
+    with ui.progress(len(ids), "evaluate") as bar:
+        for sid, feats in store.iter_shards():
+            for s in range(0, len(sid), batch):
+                f = np.ascontiguousarray(feats[s:s + batch], dtype=np.float32)
+                gt = labels[[row[i] for i in sid[s:s + batch]]]
+                for name, (est, which) in models.items():
+                    evs[name].update(est.predict(f, size, which=which), gt)
+                if crf_rows:
+                    imgs = images.read(sid[s:s + batch])
+                    if imgs is None or imgs.shape[1:3] != tuple(size):
+                        raise PipelineError("the validation images cannot be read at the "
+                                            f"label size {tuple(size)}: set eval.crf=false")
+                    for name in crf_rows:
+                        est, which = models[name]
+                        evs[f"{name}_crf"].update(
+                            est.predict(f, size, which=which, images=imgs, crf=True), gt)
+                bar.update(f.shape[0])
+            del feats
+    return {name: ev.compute() for name, ev in evs.items()}
+
+
+def _probe_report(cfg: Config, K: int, class_names, ui: UI, paths: Paths,
+                  val_store: FeatureStore, val_ids: List[str],
+                  val_labels: np.ndarray) -> EvaluationReport:
+    ids, labels = load_labels(paths.labels("train"))
+    store = open_store(paths.store("train"))
+    probe = LinearProbe(K, epochs=cfg.eval.probe_epochs, batch_size=cfg.em.batch_size,
+                        seed=cfg.run.seed)
+    order = {i: k for k, i in enumerate(ids)}
+    lab = labels[[order[i] for i in store.ids]]
+    src = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, lambda: "linear probe",
+                  maps="labels", labels=lab)
+    probe.fit(src, verbose=False)
+    ev = Evaluator(K, class_names=class_names)
+    row = {i: k for k, i in enumerate(val_ids)}
+    for sid, feats in val_store.iter_shards():
+        for s in range(0, len(sid), cfg.eval.batch_size):
+            f = np.ascontiguousarray(feats[s:s + cfg.eval.batch_size], dtype=np.float32)
+            gt = val_labels[[row[i] for i in sid[s:s + cfg.eval.batch_size]]]
+            ev.update(probe.predict(f, gt.shape[1:]), gt)
+    # supervised: scored without Hungarian matching
+    return EvaluationReport.from_confusion(ev.confusion, K, assignment=np.arange(K),
+                                           class_names=class_names, n_skipped=ev.n_skipped)
+
+
+ROWS = (("kmeans", "K-means baseline", "kmeans.npz", "teacher"),
+        ("em_teacher", "PriMaPs-EM teacher", "em.npz", "teacher"),
+        ("em_student", "PriMaPs-EM student", "em.npz", "student"),
+        ("em_teacher_crf", "PriMaPs-EM teacher, with CRF", None, "teacher"),
+        ("em_student_crf", "PriMaPs-EM student, with CRF", None, "student"),
+        ("nomask_teacher", "EM without masks, teacher", "em_no_masks.npz", "teacher"),
+        ("nomask_student", "EM without masks, student", "em_no_masks.npz", "student"))
+
+
+def evaluate(cfg: Config, ui: UI, checkpoint: Optional[Path] = None) -> dict:
+    """Reports of teacher and student (and baseline, ablation, probe) on
+    the validation store; writes metrics.json, report.txt and pictures."""
+    paths = Paths(cfg)
+    K = n_classes(cfg)
+    class_names, palette = dataset_info(cfg)
+    if len(class_names) != K:
+        class_names = None
+    ckpt = Path(checkpoint) if checkpoint else paths.checkpoint
+    if not ckpt.is_file():
+        raise PipelineError(f"no checkpoint at {ckpt}: run 'primaps fit' first")
+    folder = ckpt.parent
+    models: Dict[str, Tuple[PriMaPsEM, str]] = {}
+    loaded: Dict[str, PriMaPsEM] = {}
+    for key, _, fname, which in ROWS:
+        if fname is None:  # the CRF rows: predictions of the rows above
+            continue
+        p = ckpt if fname == "em.npz" else folder / fname
+        if not p.is_file():
+            continue
+        if p not in loaded:
+            try:
+                loaded[p] = PriMaPsEM.load(p)
+            except ValueError as e:
+                raise PipelineError(str(e)) from None
+        if loaded[p].n_classes != K:
+            raise PipelineError(f"{p} has {loaded[p].n_classes} classes, the data set {K}")
+        models[key] = (loaded[p], which)
+    ids, labels = load_labels(paths.labels("val"))
+    store = open_store(paths.store("val"))
+    t = time.perf_counter()
+    images = ImageSource(cfg, "val") if cfg.eval.crf else None
+    crf_rows = [k for k in ("em_teacher", "em_student") if k in models] if images else []
+    reports = _predict_all(models, store, ids, labels, K, class_names, cfg.eval.batch_size, ui,
+                           images, crf_rows)
+    out: Dict[str, Any] = {
+        "checkpoint": str(ckpt), "label_size": list(labels.shape[1:]),
+        "crf": ("rows with CRF: dense CRF over the validation images" if crf_rows else
+                "not applied: " + ("eval.crf = false" if not cfg.eval.crf
+                                   else "the features alone are at hand")),
+        "seconds": round(time.perf_counter() - t, 3)}
+    if cfg.eval.probe:
+        t = time.perf_counter()
+        reports["probe"] = _probe_report(cfg, K, class_names, ui, paths, store, ids, labels)
+        out["probe_seconds"] = round(time.perf_counter() - t, 3)
+    out["reports"] = {k: r.to_dict() for k, r in reports.items()}
+    out["table"] = {k: {"acc": round(r.accuracy, 2), "miou": round(r.miou, 2)}
+                    for k, r in reports.items()}
+    update_metrics(folder / "metrics.json", "evaluate", out)
+    text = format_table(reports) + "\n\n" + str(reports["em_teacher"]) + "\n"
+    with atomic_write(folder / "report.txt", suffix=".txt") as f:
+        f.write(text.encode("utf-8"))
+    if cfg.eval.pictures:
+        out["pictures"] = _pictures(cfg, folder, loaded[ckpt], reports["em_teacher"], store,
+                                    ids, labels, palette, ui, images)
+    return out
+
+
+def _pictures(cfg: Config, folder: Path, em: PriMaPsEM, report: EvaluationReport,
+              store: FeatureStore, ids: List[str], labels: np.ndarray, palette,
+              ui: UI, images: Optional[ImageSource] = None) -> Dict[str, str]:
+    from . import viz
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # pragma: no cover - matplotlib is an optional extra
+        ui.info("pictures skipped: matplotlib is not installed (pip install 'primaps[viz]')")
+        return {}
+    n = min(4, len(ids))
+    sel = store.ids[:n]
+    row = {i: k for k, i in enumerate(ids)}
+    feats = np.asarray(store.read(sel), dtype=np.float32)
+    gt = labels[[row[i] for i in sel]]
+    size = gt.shape[1:]
+    imgs = images.read(sel) if images else None
+    if imgs is not None and imgs.shape[1:3] != tuple(size):
+        imgs = None
+    masks = masks_of(cfg, feats, size, imgs if cfg.masks.crf else None)
+    pseudo = em.pseudo_labels(feats, masks)
+    pred = em.predict(feats, size)
+    pal = palette if report.n_classes == len(palette) else None
+    panels = folder / "panels.png"
+    viz.plot_panels(imgs, gt=gt, pred=pred, pseudo=pseudo, masks=masks, palette=pal,
+                    report=report, path=panels)
+    conf = folder / "confusion.png"
+    viz.plot_confusion(report, conf, title=f"PriMaPs-EM teacher: Acc {report.accuracy:.1f} %, "
+                                           f"mIoU {report.miou:.1f} %")
+    return {"panels": str(panels), "confusion": str(conf)}
+
+
+def format_table(reports: Dict[str, EvaluationReport]) -> str:
+    """Acc / mIoU per model, one line each, in a fixed order."""
+    names = {k: label for k, label, _, _ in ROWS}
+    names["probe"] = "linear probe (supervised)"
+    lines = [f"{'':32s} {'Acc %':>6} {'mIoU %':>7}"]
+    for key in [k for k, *_ in ROWS] + ["probe"]:
+        if key in reports:
+            r = reports[key]
+            lines.append(f"{names[key]:32s} {r.accuracy:6.1f} {r.miou:7.1f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- run
+
+
+def run(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
+    """extract -> pseudo -> fit -> evaluate, with the time of every stage."""
+    if cfg.run.threads:
+        set_num_threads(cfg.run.threads)
+    out: Dict[str, Any] = {}
+    for name, stage in (("extract", lambda: extract(cfg, ui, cfg_dir)),
+                        ("pseudo", lambda: pseudo(cfg, ui)), ("fit", lambda: fit(cfg, ui)),
+                        ("evaluate", lambda: evaluate(cfg, ui))):
+        ui.info(f"== {name}")
+        t = time.perf_counter()
+        out[name] = stage()
+        out[name]["wall_seconds"] = round(time.perf_counter() - t, 3)
+    return out
