@@ -9,9 +9,8 @@
   file name, never read as something else;
 - sizes read from files are checked before anything is allocated.
 
-The writers run as subprocesses (cwd = tmp_path).  The way a writer is
-driven is a parameter (``via``): the Python API here; the command line
-joins once it exists.
+The writers run as subprocesses (cwd = tmp_path): Python programs on the
+API (``via``), and the command line's ``pseudo`` and ``fit`` stages.
 """
 
 from __future__ import annotations
@@ -392,3 +391,96 @@ def test_the_package_never_unpickles_and_writes_only_through_atomic_write():
         if path.name != "_io.py":
             assert not re.search(r"""open\([^)]*['"][wax]b?\+?['"]|os\.fdopen|mkstemp""", text), \
                 f"{path.name} writes a file itself: use primaps._io.atomic_write"
+
+
+# ------------------------------------------------- the command line, killed
+
+CLI_TINY = """
+[run]
+out = "run"
+threads = 1
+
+[data]
+dataset = "street"
+n_train = 24
+n_val = 4
+size = 32
+
+[masks]
+crf = false
+
+[em]
+n_classes = 6
+warmup_epochs = 1
+epochs = 6
+batch_size = 4
+
+[eval]
+pictures = false
+"""
+
+
+def _cli(cwd: Path, *args) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "primaps", *args, "-c", "tiny.toml", "-q"],
+                       cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def _cli_state(folder: Path, stage: str):
+    """What the stage has written, read back (every file must open)."""
+    if stage == "pseudo":
+        store = FeatureStore(folder / "run/features/train", mode="r")
+        store.verify()
+        return {i: store.read_masks(i) for i in store.mask_ids}
+    ckpt = folder / "run/em.npz"
+    if not ckpt.exists():
+        return None
+    em = primaps.PriMaPsEM.load(ckpt)
+    return em.teacher_.v, em.student_.v, em.loss_history_, (em.warmup_epoch_, em.epoch_)
+
+
+@pytest.mark.parametrize("stage", ["pseudo", "fit"])
+def test_a_cli_stage_killed_at_random_points_reruns_to_the_uninterrupted_result(tmp_path, stage):
+    """`primaps pseudo` / `primaps fit` killed -9 at random moments: every
+    store and checkpoint left behind opens intact, and a rerun ends bitwise
+    where an uninterrupted run ends.  (Both stages start over when rerun:
+    pseudo recomputes every mask, fit starts from a new PCA; what they
+    wrote before the kill stays readable until it is superseded.)"""
+    folders = {}
+    for name in ("whole", "broken"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "tiny.toml").write_text(CLI_TINY)
+        _cli(d, "extract")
+        if stage == "fit":
+            _cli(d, "pseudo")
+        folders[name] = d
+    t0 = time.perf_counter()
+    _cli(folders["whole"], stage)
+    seconds = time.perf_counter() - t0
+    want = _cli_state(folders["whole"], stage)
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    kills = 0
+    for _ in range(KILLS):
+        proc = subprocess.Popen([sys.executable, "-m", "primaps", stage, "-c", "tiny.toml", "-q"],
+                                cwd=folders["broken"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 0.9) * seconds)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=600)
+        if proc.returncode == 0:
+            continue
+        kills += 1
+        _cli_state(folders["broken"], stage)  # opens: nothing is corrupt
+    print(f"\ncli {stage}: {kills} kills")
+    _cli(folders["broken"], stage)
+    got = _cli_state(folders["broken"], stage)
+    if stage == "pseudo":
+        assert list(got) == list(want)
+        for i in want:
+            assert np.array_equal(got[i], want[i])
+    else:
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert got[2] == want[2] and got[3] == want[3]
+    assert kills >= 1, "every run finished before its kill"
