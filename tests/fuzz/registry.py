@@ -762,7 +762,8 @@ def _em_inference(case: Case):
     else:
         feats = case.floats("features", [n, C + 1 if maybe(case, "channels") else C, h, w],
                             ndims=(3, 4), lists=False)
-        masks = case.ids("masks", [n, H, W], 0, 65535, ndims=(3,), lists=False)
+        # (None: the EM without masks, a valid call)
+        masks = case.ids("masks", [n, H, W], 0, 65535, ndims=(3,), lists=False, optional=True)
 
     def run():
         em = _fitted(K, C)
