@@ -656,7 +656,8 @@ static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
 {
     memset(p, 0, sizeof *p);
     if (B < 1 || K < 1 || K > 255 || h < 1 || w < 1 || H < 1 || W < 1 ||
-        w > INT32_MAX)
+        h > PM_MAX_SIDE || w > PM_MAX_SIDE || H > PM_MAX_SIDE ||
+        W > PM_MAX_SIDE)
         return PM_ERR_ARG;
     int st = pm_axis_table_init(&p->ty, h, H);
     if (st != PM_OK) return st;

@@ -148,10 +148,12 @@ static int check_output_size(const char *name, double count, size_t itemsize)
     double limit = (pages > 0 && page > 0) ? (double)pages * (double)page
                                            : 9.0e18;
     if (bytes > limit || count > (double)NPY_MAX_INTP) {
+        /* PyErr_Format has no %g: the numbers are formatted here */
+        char buf[64];
+        snprintf(buf, sizeof buf, "%.3g GiB, more than this machine's %.3g",
+                 bytes / 1073741824.0, limit / 1073741824.0);
         PyErr_Format(PyExc_ValueError,
-                     "%s asks for an output of %.3g GiB, more than this "
-                     "machine's %.3g GiB of memory",
-                     name, bytes / 1073741824.0, limit / 1073741824.0);
+                     "%s asks for an output of %s GiB of memory", name, buf);
         return -1;
     }
     return 0;
@@ -182,13 +184,27 @@ static int parse_positive(PyObject *o, const char *name, npy_intp *out)
     return 0;
 }
 
-/* Parses a spatial size: an int n (meaning (n, n)) or a pair (H, W). */
+/* A size of at most PM_MAX_SIDE per axis (the resampling tables' limit). */
+static int check_side(const char *name, const npy_intp size[2])
+{
+    if (size[0] <= PM_MAX_SIDE && size[1] <= PM_MAX_SIDE) return 0;
+    PyErr_Format(PyExc_ValueError,
+                 "%s must be at most %lld per axis, got (%lld, %lld)", name,
+                 (long long)PM_MAX_SIDE, (long long)size[0],
+                 (long long)size[1]);
+    return -1;
+}
+
+/* Parses a spatial size: an int n (meaning (n, n)) or a pair (H, W) (a
+ * tuple, a list or a NumPy array of two integers). */
 static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
 {
-    if (PyIndex_Check(o) && !PyBool_Check(o)) {
+    /* an array of one or more axes has __index__ too, but means a pair */
+    const int array = PyArray_Check(o) && PyArray_NDIM((PyArrayObject *)o) > 0;
+    if (PyIndex_Check(o) && !PyBool_Check(o) && !array) {
         if (parse_positive(o, name, &out[0]) < 0) return -1;
         out[1] = out[0];
-        return 0;
+        return check_side(name, out);
     }
     if (!PySequence_Check(o) || PyUnicode_Check(o) || PyBytes_Check(o)) {
         PyErr_Format(PyExc_TypeError,
@@ -211,7 +227,7 @@ static int parse_size2(PyObject *o, const char *name, npy_intp out[2])
         Py_DECREF(item);
         if (r < 0) return -1;
     }
-    return 0;
+    return check_side(name, out);
 }
 
 /* ======================================================================== */
@@ -708,7 +724,10 @@ static PyObject *py_em_workspace_bytes(PyObject *self, PyObject *arg)
     }
 
 /* The first value of a dense integer map (rows `index`, NULL: all) that
- * lies outside [lo, hi] and is not `also` (-1: none); 1 if there is one. */
+ * lies outside [lo, hi] and is not `also` (NO_ALSO: none); 1 if there is one. */
+/* "no extra value": not -1, which is itself a value a map may hold */
+#define NO_ALSO LONG_MIN
+
 static int find_bad_id(PyArrayObject *m, long lo, long hi, long also,
                        const int64_t *index, npy_intp nidx, long *bad)
 {
@@ -739,7 +758,7 @@ static int find_bad_id(PyArrayObject *m, long lo, long hi, long also,
 static void raise_bad_id(const char *name, long lo, long hi, long also,
                          long bad)
 {
-    if (also >= 0)
+    if (also != NO_ALSO)
         PyErr_Format(PyExc_ValueError,
                      "%s must hold values in [%ld, %ld] or %ld (ignore), got %ld",
                      name, lo, hi, also, bad);
@@ -751,7 +770,7 @@ static void raise_bad_id(const char *name, long lo, long hi, long also,
 
 /* An integer map (labels or mask ids) as a dense array of typenum
  * (NPY_UINT8 or NPY_INT32) whose values lie in [lo, hi] or equal `also`
- * (-1: none).  Any other integer dtype is checked and then cast; a map
+ * (NO_ALSO: none).  Any other integer dtype is checked and then cast; a map
  * already of typenum is checked only if `check` is set (the kernels check
  * their maps too: a batch's map is scanned here only to explain a refusal).
  * Floats, booleans and other kinds are refused. */
@@ -804,6 +823,17 @@ static void em_batch_clear(em_batch *a)
     Py_XDECREF(a->index);
     Py_XDECREF(a->flip);
     memset(a, 0, sizeof *a);
+}
+
+/* A required map argument may not be None (em_batch_parse reads None as
+ * "absent", which only the optional arguments may be). */
+static int require_map(PyObject *obj, const char *name)
+{
+    if (obj != Py_None) return 0;
+    PyErr_Format(PyExc_TypeError,
+                 "%s must be an integer array of shape (n, H, W), got None",
+                 name);
+    return -1;
 }
 
 /* A map (n, H, W) that matches the features' n. */
@@ -862,7 +892,23 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
         bt->student = PyArray_DATA(a->student);
     }
     if (index && index != Py_None) {
-        a->index = as_array(index, "index", NPY_INT64);
+        /* image numbers: integers only (a float index would be truncated) */
+        a->index = as_array(index, "index", NPY_NOTYPE);
+        if (!a->index) return -1;
+        const char kind = PyArray_DESCR(a->index)->kind;
+        if (kind != 'i' && kind != 'u') {
+            PyObject *s = PyObject_Str((PyObject *)PyArray_DESCR(a->index));
+            PyErr_Format(PyExc_TypeError,
+                         "index must be an integer array of image numbers, got "
+                         "dtype %s",
+                         s ? PyUnicode_AsUTF8(s) : "?");
+            Py_XDECREF(s);
+            return -1;
+        }
+        PyArrayObject *ix64 = (PyArrayObject *)PyArray_FROM_OTF(
+            (PyObject *)a->index, NPY_INT64,
+            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        Py_SETREF(a->index, ix64);
         if (!a->index) return -1;
         if (check_ndim(a->index, "index", 1, 1, "(B,)") < 0) return -1;
         if (PyArray_DIM(a->index, 0) < 1) {
@@ -883,9 +929,24 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
         bt->B = PyArray_DIM(a->index, 0);
     }
     if (flip && flip != Py_None) {
-        /* any array of truth values: nonzero means mirrored */
+        /* any array of truth values (bool or numbers): nonzero means
+         * mirrored; strings, objects and the like are refused */
+        PyArrayObject *fl = any_array(flip, "flip", "an array of flags");
+        if (!fl) return -1;
+        const char kind = PyArray_DESCR(fl)->kind;
+        if (kind != 'b' && !numeric_kind(PyArray_DESCR(fl))) {
+            PyObject *s = PyObject_Str((PyObject *)PyArray_DESCR(fl));
+            PyErr_Format(PyExc_TypeError,
+                         "flip must be an array of flags (bool or numbers), got "
+                         "dtype %s",
+                         s ? PyUnicode_AsUTF8(s) : "?");
+            Py_XDECREF(s);
+            Py_DECREF(fl);
+            return -1;
+        }
         a->flip = (PyArrayObject *)PyArray_FROM_OTF(
-            flip, NPY_BOOL, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+            (PyObject *)fl, NPY_BOOL, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        Py_DECREF(fl);
         if (!a->flip) return -1;
         if (PyArray_NDIM(a->flip) != 1 || PyArray_DIM(a->flip, 0) != bt->B) {
             PyErr_Format(PyExc_ValueError,
@@ -897,7 +958,7 @@ static int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
         bt->flip = PyArray_DATA(a->flip); /* NPY_BOOL is one byte, 0 or 1 */
     }
     if (masks && masks != Py_None) {
-        a->masks = as_id_map(masks, "masks", NPY_INT32, 0, PM_MAX_MASK_ID, -1,
+        a->masks = as_id_map(masks, "masks", NPY_INT32, 0, PM_MAX_MASK_ID, NO_ALSO,
                              0);
         if (!a->masks || check_map_shape(a->masks, "masks", bt->n) < 0)
             return -1;
@@ -1213,8 +1274,8 @@ static void raise_batch_status(const em_batch *a, int st, const char *what)
         return;
     }
     if (st == PM_ERR_ARG && a->masks &&
-        find_bad_id(a->masks, 0, PM_MAX_MASK_ID, -1, bt->index, bt->B, &bad)) {
-        raise_bad_id("masks", 0, PM_MAX_MASK_ID, -1, bad);
+        find_bad_id(a->masks, 0, PM_MAX_MASK_ID, NO_ALSO, bt->index, bt->B, &bad)) {
+        raise_bad_id("masks", 0, PM_MAX_MASK_ID, NO_ALSO, bad);
         return;
     }
     if (st == PM_ERR_ARG && a->labels &&
@@ -1286,6 +1347,7 @@ static PyObject *focal(PyObject *args, PyObject *kwargs, int grad)
                      "gamma must be a finite number >= 0, got %g", gamma);
         return NULL;
     }
+    if (require_map(lo, "labels") < 0) return NULL;
     em_batch a;
     memset(&a, 0, sizeof a);
     PyArrayObject *v = NULL, *g = NULL, *chi = NULL, *dv = NULL, *dg = NULL;
@@ -1347,6 +1409,7 @@ static PyObject *py_teacher_pseudo(PyObject *self, PyObject *args,
         return NULL;
     pm_em_ws *ws = get_ws(wso);
     if (!ws) return NULL;
+    if (require_map(mo, "masks") < 0) return NULL;
     em_batch a;
     PyArrayObject *theta = NULL, *out = NULL;
     if (em_batch_parse(&a, fo, NULL, mo, NULL, io, flo, 0) < 0) goto fail;
@@ -1398,6 +1461,7 @@ static PyObject *py_em_step(PyObject *self, PyObject *args, PyObject *kwargs)
                      "gamma must be a finite number >= 0, got %g", gamma);
         return NULL;
     }
+    if (require_map(mo, "masks") < 0) return NULL;
     em_batch a;
     PyArrayObject *vt = NULL, *gt = NULL, *vs = NULL, *gs = NULL, *chi = NULL,
                   *dv = NULL, *dg = NULL, *pseudo = NULL;
@@ -1467,6 +1531,7 @@ static PyObject *probe(PyObject *args, PyObject *kwargs, int grad)
         return NULL;
     pm_em_ws *ws = get_ws(wso);
     if (!ws) return NULL;
+    if (require_map(lo, "labels") < 0) return NULL;
     em_batch a;
     memset(&a, 0, sizeof a);
     PyArrayObject *wt = NULL, *bias = NULL, *dw = NULL, *db = NULL;
@@ -1592,7 +1657,7 @@ static PyObject *py_as_mask_map(PyObject *self, PyObject *args,
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s:as_mask_map", kwlist,
                                      &mo, &name))
         return NULL;
-    return (PyObject *)as_id_map(mo, name, NPY_INT32, 0, PM_MAX_MASK_ID, -1,
+    return (PyObject *)as_id_map(mo, name, NPY_INT32, 0, PM_MAX_MASK_ID, NO_ALSO,
                                  1);
 }
 
@@ -2135,6 +2200,13 @@ static PyObject *py_permutohedral_filter(PyObject *self, PyObject *args,
                      shape_str(f, b1, sizeof b1), shape_str(v, b2, sizeof b2));
         goto fail;
     }
+    /* lattice coordinates of NaN or inf do not exist */
+    const float *fp = (const float *)PyArray_DATA(f);
+    for (npy_intp i = 0; i < N * d; i++)
+        if (!isfinite(fp[i])) {
+            PyErr_SetString(PyExc_ValueError, "features contains NaN or inf");
+            goto fail;
+        }
     out = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(v), NPY_FLOAT32, 0);
     if (!out) goto fail;
     int st;

@@ -115,7 +115,12 @@ typedef struct {
     int64_t n_out;
 } pm_axis_table;
 
-/* Allocates and fills a table for in -> out; pm_axis_table_free releases it. */
+/* The longest axis a resampling takes or makes (so that table sizes and
+ * 32-bit column indices never overflow). */
+#define PM_MAX_SIDE ((int64_t)2147483647)
+
+/* Allocates and fills a table for in -> out (1 <= in, out <= PM_MAX_SIDE);
+ * pm_axis_table_free releases it. */
 int pm_axis_table_init(pm_axis_table *t, int64_t in, int64_t out);
 void pm_axis_table_free(pm_axis_table *t);
 

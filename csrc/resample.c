@@ -8,7 +8,8 @@
 
 int pm_axis_table_init(pm_axis_table *t, int64_t in, int64_t out)
 {
-    if (!t || in < 1 || out < 1) return PM_ERR_ARG;
+    if (!t || in < 1 || out < 1 || in > PM_MAX_SIDE || out > PM_MAX_SIDE)
+        return PM_ERR_ARG;
     t->n_out = out;
     t->i0 = malloc((size_t)out * 2 * sizeof(int64_t));
     t->l0 = malloc((size_t)out * 2 * sizeof(float));

@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from . import _core
+from ._io import atomic_write
 
 # ------------------------------------------------------------ arguments
 
@@ -127,6 +129,18 @@ def is_array_tuple(batches: Any) -> bool:
     False for an iterable of such tuples."""
     return (isinstance(batches, tuple) and 1 <= len(batches) <= 3
             and all(x is None or is_array(x) for x in batches))
+
+
+def check_not_half_arrays(batches: Any, names: tuple) -> None:
+    """A tuple whose first entry is an array is meant as whole arrays
+    (features, maps[, student_features]): an entry of another kind is a
+    TypeError naming it, not a misreading as an iterable of batches."""
+    if not (isinstance(batches, tuple) and 2 <= len(batches) <= 3 and is_array(batches[0])):
+        return
+    for name, x in zip(names, batches):
+        if x is not None and not is_array(x):
+            raise TypeError(f"{name} must be an array, got {type(x).__name__} (batches is a "
+                            f"tuple ({', '.join(names[:len(batches)])}) of arrays)")
 
 
 def as_features(x: Any, name: str = "features") -> np.ndarray:
@@ -245,48 +259,79 @@ def check_reiterable(batches: Any, passes: int, what: str) -> None:
 # -------------------------------------------------------------- checkpoints
 
 META_KEY = "meta.json"
+# Limits on what a checkpoint may hold, checked before anything is read:
+# a file that claims more is refused, not allocated.
+MAX_CHECKPOINT_BYTES = 1 << 30  # the whole file
+MAX_CHECKPOINT_ARRAYS = 64
+
+
+def _crc(a: np.ndarray) -> str:
+    return f"{zlib.crc32(np.ascontiguousarray(a).view(np.uint8)) & 0xFFFFFFFF:08x}"
 
 
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      meta: dict) -> Path:
-    """Write arrays and JSON metadata to one .npz file atomically: a
-    temporary file in the same folder, fsync, rename, fsync of the folder."""
+    """Write arrays and JSON metadata to one uncompressed .npz file
+    atomically (atomic_write: temporary file, fsync, rename, fsync of the
+    folder).  The metadata records the CRC-32 of every array."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    payload = dict(arrays)
+    payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    meta = dict(meta, crc32={k: _crc(v) for k, v in payload.items()})
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - folders that cannot be opened
-        pass
+    with atomic_write(path, suffix=".npz") as f:
+        np.savez(f, **payload)
     return path
+
+
+def _check_members(fh, path: Path) -> None:
+    """Refuse a checkpoint whose zip directory or .npy headers claim more
+    than the file holds or than the limits allow, before reading arrays."""
+    size = os.fstat(fh.fileno()).st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"{path} is {size} bytes, more than a primaps checkpoint may hold "
+                         f"({MAX_CHECKPOINT_BYTES})")
+    try:
+        with zipfile.ZipFile(fh) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_CHECKPOINT_ARRAYS:
+                raise ValueError(f"{path} holds {len(infos)} entries, more than a primaps "
+                                 f"checkpoint may ({MAX_CHECKPOINT_ARRAYS})")
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                    raise ValueError(f"{path}: entry {info.filename} is compressed or larger "
+                                     "than the file (not written by primaps)")
+                with z.open(info) as m:
+                    version = np.lib.format.read_magic(m)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f"{path}: entry {info.filename} has .npy format "
+                                         f"version {version}")
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(m)
+                    if dtype.hasobject:
+                        raise ValueError(f"{path}: entry {info.filename} holds Python objects")
+                    need = m.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if need != info.file_size:
+                        raise ValueError(f"{path}: entry {info.filename} claims shape {shape} "
+                                         f"{dtype}, which its {info.file_size} bytes do not hold")
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable primaps checkpoint: {e}") from None
+    finally:
+        fh.seek(0)
 
 
 def read_npz(path: str | os.PathLike, fmt: str, version: int) -> tuple[dict, dict]:
     """Arrays and metadata of a checkpoint written by write_npz_atomic, with a
-    ValueError for anything that is not one of format `fmt`."""
+    ValueError naming the file for anything that is not an intact checkpoint
+    of format `fmt` (truncated, corrupt, oversized, another format).  Never
+    unpickles."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path, "rb") as fh:
+        _check_members(fh, path)
         try:
             with np.load(fh, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
@@ -308,6 +353,14 @@ def read_npz(path: str | os.PathLike, fmt: str, version: int) -> tuple[dict, dic
         raise ValueError(
             f"{path} was written in format version {v}; this primaps reads up to "
             f"version {version}: upgrade primaps")
+    crcs = meta.get("crc32")
+    if crcs is not None:
+        if not isinstance(crcs, dict) or set(crcs) != set(arrays):
+            raise ValueError(f"{path}: the checksums do not list the arrays it holds "
+                             "(a corrupt checkpoint)")
+        for k, a in arrays.items():
+            if crcs[k] != _crc(a):
+                raise ValueError(f"{path}: checksum mismatch in {k!r}: the checkpoint is corrupt")
     return arrays, meta
 
 

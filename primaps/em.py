@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
+                        check_not_half_arrays,
                         check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
                         WorkspaceOwner, write_npz_atomic)
@@ -175,7 +176,12 @@ class PriMaPsEM(WorkspaceOwner):
         self.loss_history_ = []
 
     def _check_protos(self, v: Any, name: str) -> np.ndarray:
-        v = np.array(v, dtype=np.float32)
+        a = None if isinstance(v, (str, bytes)) else np.asarray(v)
+        if a is None or a.dtype.kind not in "iuf":
+            what = type(v).__name__ if a is None else f"dtype {a.dtype}"
+            raise TypeError(f"{name} must be a numeric array of shape ({self.n_classes}, C), "
+                            f"got {what}")
+        v = np.array(a, dtype=np.float32)
         if v.ndim != 2 or v.shape[0] != self.n_classes:
             raise ValueError(f"{name} must have shape ({self.n_classes}, C), got {v.shape}")
         if not np.all(np.isfinite(v)):
@@ -195,6 +201,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     def _source(self, batches: Any, what: str, need_maps: bool):
         """(ArraySource or None, the iterable) for `batches`."""
+        check_not_half_arrays(batches, ("features", "masks", "student_features"))
         if is_array_tuple(batches):
             if not need_maps:
                 return ArraySource(batches[0]), None

@@ -26,12 +26,13 @@ import io
 import json
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ._io import atomic_write, fsync_dir
 
 try:
     import fcntl
@@ -48,6 +49,9 @@ TMP_PREFIX = ".tmp-"
 FEATURE_DTYPES = ("float16", "float32")
 SHARD_RE = re.compile(r"^(features|masks)-(\d{6,})\.npy$")
 CHUNK = 1 << 24  # bytes per CRC / write step
+# The index is small (ids and a few numbers per shard: ~2 MB for 50k
+# images); a larger one is not read.
+MAX_INDEX_BYTES = 256 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,34 +67,13 @@ class FeatureStoreError(OSError):
 # ---------------------------------------------------------------- file helpers
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(src: str, dst: Path) -> None:
-    os.replace(src, dst)
-
-
 def _write_atomic(folder: Path, name: str, write) -> Tuple[int, str]:
-    """Write a file through `write(f) -> crc` to a temporary file, fsync it
-    and rename it to `name`.  Returns (size in bytes, crc32 hex)."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            crc = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        _replace(tmp, folder / name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    """Write a file through `write(f) -> crc` with atomic_write (temporary
+    file, fsync, rename, fsync of the folder).  Returns (size in bytes,
+    crc32 hex)."""
+    with atomic_write(folder / name, prefix=TMP_PREFIX) as f:
+        crc = write(f)
+        size = f.tell()
     return size, f"{crc & 0xFFFFFFFF:08x}"
 
 
@@ -144,6 +127,7 @@ def _read_npy_into_memory(path: Path, entry: Mapping[str, Any], verify: bool) ->
                 path, f"the shard holds shape {shape}, the index says {entry['shape']}"
             )
         head_len = f.tell()
+        _check_payload(path, shape, dtype, head_len, entry)
         out = np.empty(shape, dtype=dtype)
         buf = out.reshape(-1).view(np.uint8)
         crc = 0
@@ -159,6 +143,16 @@ def _read_npy_into_memory(path: Path, entry: Mapping[str, Any], verify: bool) ->
     if verify and f"{crc & 0xFFFFFFFF:08x}" != entry["crc32"]:
         raise FeatureStoreError(path, "checksum mismatch: the shard is corrupt")
     return out
+
+
+def _check_payload(path: Path, shape, dtype: np.dtype, head_len: int, entry: Mapping[str, Any]) -> None:
+    """The shape a header (and the index) claims must be what the file's
+    bytes hold: checked before anything of that size is allocated."""
+    need = head_len + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need != entry["bytes"]:
+        raise FeatureStoreError(
+            path, f"shape {tuple(shape)} {dtype} needs {need} bytes, the shard has {entry['bytes']}"
+        )
 
 
 def _crc_of_file(path: Path) -> str:
@@ -365,6 +359,9 @@ class FeatureStore:
     def _read_index(self) -> Dict[str, Any]:
         index_path = self.path / INDEX
         try:
+            size = index_path.stat().st_size
+            if size > MAX_INDEX_BYTES:
+                raise ValueError(f"{size} bytes, more than an index may hold ({MAX_INDEX_BYTES})")
             index = json.loads(index_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(index_path, f"cannot read the index ({exc})") from exc
@@ -419,7 +416,7 @@ class FeatureStore:
         for p in self.path.iterdir():
             if p.name.startswith(TMP_PREFIX) or (SHARD_RE.match(p.name) and p.name not in listed):
                 p.unlink()
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _build_lookup(self) -> None:
         self._where: Dict[str, Tuple[int, int]] = {}
@@ -597,6 +594,9 @@ class FeatureStore:
                 raise FeatureStoreError(path, "checksum mismatch: the shard is corrupt")
             self._verified.add(entry["file"])
         try:
+            with open(path, "rb") as f:
+                shape, _, dtype = _read_header(f, path)
+                _check_payload(path, shape, dtype, f.tell(), entry)
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise FeatureStoreError(path, f"cannot read the shard ({exc})") from exc

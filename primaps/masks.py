@@ -82,6 +82,10 @@ def masks(
     """
     refiner = resolve_crf(crf)
     single = np.ndim(features) == 3
+    if np.ndim(features) not in (3, 4):
+        # features are checked before the images are counted against them:
+        # the binding's TypeError / ValueError names them
+        _core.masks(features)
     if refiner is not None:
         if images is None:
             raise ValueError("crf needs the images: pass images=(B, H, W, 3) uint8")

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
+                        check_not_half_arrays,
                         check_reiterable, is_array_tuple, iterable_epoch, progress,
                         WorkspaceOwner)
 from .crf import check_images, predict_refined, resolve_crf
@@ -85,6 +86,7 @@ class LinearProbe(WorkspaceOwner):
         verbose : bool
             Show a tqdm progress bar.
         """
+        check_not_half_arrays(batches, ("features", "labels"))
         if is_array_tuple(batches):
             if len(batches) != 2:
                 raise ValueError("batches must be (features, labels)")

@@ -50,3 +50,26 @@ def rng():
 def torch_or_skip():
     """The torch module, or a skip when the optional extra is absent."""
     return pytest.importorskip("torch", reason="torch is an optional extra")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Fuzz cases per function and outcome (tests/test_fuzz.py), printed and
+    written to $PRIMAPS_FUZZ_REPORT (default: the temporary folder)."""
+    import json
+    import sys
+    import tempfile
+
+    fuzz = sys.modules.get("test_fuzz")
+    report = fuzz.fuzz_report() if fuzz else {}
+    if not report:
+        return
+    path = os.environ.get("PRIMAPS_FUZZ_REPORT") or os.path.join(
+        tempfile.gettempdir(), "primaps-fuzz-report.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    tr = terminalreporter
+    tr.section("fuzz cases per function")
+    for name, r in report.items():
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
+        tr.write_line(f"{name:34s} {r['cases']:6d}  ({outcomes})")
+    tr.write_line(f"total {sum(r['cases'] for r in report.values())} cases; written to {path}")

@@ -36,11 +36,20 @@ SPLIT_FILES = {
 }
 
 
+# Potsdam tiles are 200 x 200 x 4; a file that declares far more is refused.
+MAX_MAT_ELEMENTS = 1 << 28
+
+
 def load_mat(path: Path, key: str) -> np.ndarray:
     """Array `key` of the MATLAB file at `path`; errors name the file."""
-    from scipy.io import loadmat
+    from scipy.io import loadmat, whosmat
 
     try:
+        # the shapes a file declares are checked before its data is read
+        for name, shape, _ in whosmat(str(path)):
+            if name == key and int(np.prod(shape, dtype=object)) > MAX_MAT_ELEMENTS:
+                raise ValueError(f"variable {key!r} declares shape {shape}, more than "
+                                 f"{MAX_MAT_ELEMENTS} elements")
         content = loadmat(str(path), variable_names=[key])
     except FileNotFoundError:
         raise

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             compile_test(src, exe, args.sanitize)
             cmd = [str(exe)]
             if args.valgrind:
-                cmd = ["valgrind", "--error-exitcode=3", "--leak-check=full",
+                cmd = ["valgrind", "--error-exitcode=3", "--leak-check=full", "--show-possibly-lost=no",
                        "--errors-for-leak-kinds=definite", "-q"] + cmd
             print("running", " ".join(cmd), flush=True)
             if subprocess.run(cmd, env=env).returncode != 0:

@@ -31,6 +31,9 @@ static void test_axis_table(void)
     pm_axis_table_free(&t);
     CHECK_STATUS(pm_axis_table_init(&t, 0, 4), PM_ERR_ARG);
     CHECK_STATUS(pm_axis_table_init(&t, 4, 0), PM_ERR_ARG);
+    /* (size_t)out * 2 * 8 wrapped around for out = 2^62: refused now */
+    CHECK_STATUS(pm_axis_table_init(&t, 4, (int64_t)1 << 62), PM_ERR_ARG);
+    CHECK_STATUS(pm_axis_table_init(&t, PM_MAX_SIDE + 1, 4), PM_ERR_ARG);
 }
 
 static void test_upsample_and_adjoint(int64_t h, int64_t w, int64_t H,
