@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--dump", action="store_true",
                             help="print the effective config as TOML (the default)")
         _common(sp, "primaps-demo" if name == "demo" else None)
+        if name in ("fit", "run", "demo"):
+            sp.add_argument("--restart", action="store_true",
+                            help="train again from scratch, replacing the checkpoint of an "
+                                 "earlier run (by default a run of the same config resumes "
+                                 "from it, and a different config is an error)")
         if name == "evaluate":
             sp.add_argument("--checkpoint", help="the checkpoint (default RUN.OUT/em.npz)")
             sp.add_argument("--probe", action="store_true",
@@ -187,15 +192,15 @@ def dispatch(args: argparse.Namespace) -> Any:
         if cfg.data.dataset != "street":
             raise ConfigError("the demo runs on data.dataset = \"street\"; use 'primaps run' "
                               "for other data")
-        res = pipeline.run(cfg, ui)
+        res = pipeline.run(cfg, ui, restart=args.restart)
     elif args.command == "run":
-        res = pipeline.run(cfg, ui, cfg_dir)
+        res = pipeline.run(cfg, ui, cfg_dir, restart=args.restart)
     elif args.command == "extract":
         res = pipeline.extract(cfg, ui, cfg_dir)
     elif args.command == "pseudo":
         res = pipeline.pseudo(cfg, ui)
     elif args.command == "fit":
-        res = pipeline.fit(cfg, ui)
+        res = pipeline.fit(cfg, ui, restart=args.restart)
     else:
         res = pipeline.evaluate(cfg, ui, Path(args.checkpoint) if args.checkpoint else None)
     res = dict(res)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._io import atomic_write
 from ._runtime import build_info, set_num_threads
-from .config import Config, dumps
+from .config import Config, ConfigError, dumps
 from .em import PriMaPsEM
 from .features import FeatureStore
 from .metrics import EvaluationReport, Evaluator
@@ -358,9 +358,25 @@ class ImageSource:
         return np.stack([self.ds[self.index[i]][0] for i in ids])
 
 
+PSEUDO_RECORD = "pseudo.json"
+
+
+def _mask_record(cfg: Config, size: Tuple[int, int], refined: bool) -> dict:
+    """What the stored masks depend on: the [masks] fields (not the batch
+    size), the label size and whether the CRF refined them."""
+    m = dict(cfg.masks.__dict__)
+    m.pop("batch_size")
+    m.pop("crf")
+    return {"masks": m, "label_size": list(size), "refined": refined}
+
+
 def pseudo(cfg: Config, ui: UI) -> dict:
-    """PriMaPs masks of the training store, stored beside its features
-    (computed again on every call: they follow the current [masks] config)."""
+    """PriMaPs masks of the training store, stored beside its features.
+
+    Resumable: `pseudo.json` in the store's folder records the mask config
+    and the ids whose masks were written with it (after every shard); those
+    masks are reused when the config is the same, the rest are computed.
+    """
     paths = Paths(cfg)
     size = label_size(cfg, paths)
     t0 = time.perf_counter()
@@ -368,14 +384,37 @@ def pseudo(cfg: Config, ui: UI) -> dict:
     images = ImageSource(cfg, "train") if cfg.masks.crf else None
     refined = bool(images)
     n_masks: List[int] = []
+    record_path = paths.store("train") / PSEUDO_RECORD
+    config = _mask_record(cfg, size, refined)
+    old = read_json(record_path)
+    done = set(old.get("ids", [])) if {k: old.get(k) for k in config} == config else set()
+    record = {**config, "ids": []}
+    reused = 0
     with FeatureStore(paths.store("train"), mode="a") as store:
+        have = set(store.mask_ids)
+        record["ids"] = [i for i in store.ids if i in done and i in have]
+        done = set(record["ids"])
+        write_json(record_path, record)  # before any mask of a new config is written
+        if done:
+            ui.info(f"pseudo: reusing the masks of {len(done)} of {len(store)} images "
+                    f"(same [masks] config)")
         with ui.progress(len(store), "PriMaPs masks") as bar:
             for k in range(store.n_shards):
                 ids, feats = store.shard(k)
+                todo = [r for r, i in enumerate(ids) if i not in done]
+                for r, i in enumerate(ids):
+                    if i in done:
+                        n_masks.append(int(store.read_masks(i).max()))
+                        reused += 1
+                bar.update(len(ids) - len(todo))
+                if not todo:
+                    continue
                 maps = []
-                for s in range(0, len(ids), cfg.masks.batch_size):
-                    part = np.asarray(feats[s:s + cfg.masks.batch_size], dtype=np.float32)
-                    imgs = images.read(ids[s:s + cfg.masks.batch_size]) if refined else None
+                bs = cfg.masks.batch_size
+                for s in range(0, len(todo), bs):
+                    rows = todo[s:s + bs]
+                    part = np.asarray(feats[rows], dtype=np.float32)
+                    imgs = images.read([ids[r] for r in rows]) if refined else None
                     if refined and (imgs is None or imgs.shape[1:3] != tuple(size)):
                         raise PipelineError("the images of the training store cannot be read "
                                             f"at the label size {size}: set masks.crf=false")
@@ -384,8 +423,11 @@ def pseudo(cfg: Config, ui: UI) -> dict:
                 del feats  # unmap the shard
                 m = np.concatenate(maps)
                 n_masks += m.reshape(m.shape[0], -1).max(axis=1).tolist()
-                store.write_masks(ids, m)
-    out = {"images": len(n_masks), "label_size": list(size),
+                written = [ids[r] for r in todo]
+                store.write_masks(written, m)
+                record["ids"] += written
+                write_json(record_path, record)
+    out = {"images": len(n_masks), "reused": reused, "label_size": list(size),
            "masks_per_image": round(float(np.mean(n_masks)), 2) if n_masks else None,
            "refinement": "dense CRF over the images" if refined else
                          "bilinear upsampling, no CRF (" + ("features only" if cfg.masks.crf
@@ -498,11 +540,58 @@ def _pca_source(train: Batches) -> Any:
                    shuffle=False, in_memory=False, dtype=None)
 
 
-def fit(cfg: Config, ui: UI) -> dict:
+def training_fields(cfg: Config) -> Dict[str, Any]:
+    """The config fields a checkpoint depends on, as {"section.key": value}:
+    the data, the backbone's features, the masks (not their batch size),
+    the EM (not the extra baseline and ablation runs) and the seed."""
+    skip = {"run.out", "run.threads", "masks.batch_size", "backbone.batch_size",
+            "backbone.device", "backbone.shard_size", "em.baseline", "em.ablation_no_masks"}
+    d = cfg.to_dict()
+    return {f"{sec}.{k}": v for sec in ("run", "data", "backbone", "masks", "em")
+            for k, v in d[sec].items() if f"{sec}.{k}" not in skip}
+
+
+def _resume_point(cfg: Config, paths: Paths, K: int, restart: bool) -> Optional[PriMaPsEM]:
+    """The checkpoint of an earlier run of the same config to continue, or
+    None (no checkpoint, or `restart`: it is removed).  A checkpoint of a
+    different config is an error."""
+    ckpt = paths.checkpoint
+    if not ckpt.exists():
+        return None
+    if restart:
+        ckpt.unlink()
+        return None
+    hint = (f"pass a new --out, or --restart to train again from scratch (it replaces "
+            f"{ckpt})")
+    written = paths.out / "config.toml"
+    try:
+        from .config import load_config
+
+        before = training_fields(load_config(str(written)))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{ckpt} exists but the config it was trained with cannot be read "
+                          f"({e}); {hint}") from None
+    now = training_fields(cfg)
+    diff = [k for k in now if before.get(k) != now[k]]
+    if diff:
+        raise ConfigError(f"{ckpt} was trained with a different config ({', '.join(diff)}); "
+                          f"{hint}")
+    em = PriMaPsEM.load(ckpt)
+    if em._params() != _estimator(cfg, K)._params():
+        raise ConfigError(f"{ckpt} does not match {written} (its parameters differ); {hint}")
+    return em
+
+
+def fit(cfg: Config, ui: UI, restart: bool = False) -> dict:
     """PCA init, K-means warm-up and EM on the training store -> em.npz
-    (and, as configured, the K-means baseline and the EM without masks)."""
+    (and, as configured, the K-means baseline and the EM without masks).
+
+    Resumable: em.npz is saved after every epoch; a run of the same config
+    (`training_fields`) continues from it, a different config is a
+    ConfigError unless `restart` (train again from scratch)."""
     paths = Paths(cfg)
     K = n_classes(cfg)
+    resumed = _resume_point(cfg, paths, K, restart)
     write_run_info(cfg, paths.out)
     out: Dict[str, Any] = {"n_classes": K}
     store = open_store(paths.store("train"))
@@ -511,12 +600,21 @@ def fit(cfg: Config, ui: UI) -> dict:
                             f"have no PriMaPs masks: run 'primaps pseudo' first")
     size = label_size(cfg, paths)
     t_load = time.perf_counter()
-    em = _estimator(cfg, K)
+    em = resumed or _estimator(cfg, K)
     train = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(em, "PriMaPs-EM"))
     out["load_seconds"] = round(time.perf_counter() - t_load, 3)
     out["in_memory"] = train.features is not None
     t = time.perf_counter()
-    em.init_pca(_pca_source(train), verbose=False)
+    if resumed is None:
+        em.init_pca(_pca_source(train), verbose=False)
+        out["resumed_from_epoch"] = 0
+    else:
+        done = em.warmup_epoch_ + em.epoch_
+        train.passes = done  # the shuffles of the epochs still to run
+        out["resumed_from_epoch"] = done
+        ui.info(f"fit: resuming {paths.checkpoint} from epoch {done} of "
+                f"{em.warmup_epochs + em.epochs} (K-means warm-up {em.warmup_epoch_}/"
+                f"{em.warmup_epochs}, EM {em.epoch_}/{em.epochs})")
     out["pca_seconds"] = round(time.perf_counter() - t, 3)
     em.fit(train, verbose=False, checkpoint=paths.checkpoint)
     em.save(paths.checkpoint)  # also when there are no epochs to run
@@ -726,13 +824,15 @@ def format_table(reports: Dict[str, EvaluationReport]) -> str:
 # ---------------------------------------------------------------------- run
 
 
-def run(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
+def run(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None,
+        restart: bool = False) -> dict:
     """extract -> pseudo -> fit -> evaluate, with the time of every stage."""
     if cfg.run.threads:
         set_num_threads(cfg.run.threads)
     out: Dict[str, Any] = {}
     for name, stage in (("extract", lambda: extract(cfg, ui, cfg_dir)),
-                        ("pseudo", lambda: pseudo(cfg, ui)), ("fit", lambda: fit(cfg, ui)),
+                        ("pseudo", lambda: pseudo(cfg, ui)),
+                        ("fit", lambda: fit(cfg, ui, restart)),
                         ("evaluate", lambda: evaluate(cfg, ui))):
         ui.info(f"== {name}")
         t = time.perf_counter()

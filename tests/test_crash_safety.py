@@ -418,6 +418,9 @@ n_train = 24
 n_val = 4
 size = 32
 
+[backbone]
+shard_size = 4
+
 [masks]
 crf = false
 
@@ -452,47 +455,135 @@ def _cli_state(folder: Path, stage: str):
     return em.teacher_.v, em.student_.v, em.loss_history_, (em.warmup_epoch_, em.epoch_)
 
 
+def _written(folder: Path, stage: str):
+    """Changes when the stage writes: the masks recorded, or em.npz's time stamp."""
+    if stage == "pseudo":
+        try:
+            return _done_before_rerun(folder, stage)
+        except ValueError:  # pragma: no cover - atomic writes: never half a file
+            return None
+    try:
+        return (folder / "run/em.npz").stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _done_before_rerun(folder: Path, stage: str) -> int:
+    """Work a rerun may reuse: masks recorded in pseudo.json, or epochs in em.npz."""
+    if stage == "pseudo":
+        record = folder / "run/features/train/pseudo.json"
+        return len(json.loads(record.read_text())["ids"]) if record.exists() else 0
+    state = _cli_state(folder, stage)
+    return sum(state[3]) if state is not None else 0
+
+
 @pytest.mark.parametrize("stage", ["pseudo", "fit"])
-def test_a_cli_stage_killed_at_random_points_reruns_to_the_uninterrupted_result(tmp_path, stage):
+def test_a_cli_stage_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, stage):
     """`primaps pseudo` / `primaps fit` killed -9 at random moments: every
-    store and checkpoint left behind opens intact, and a rerun ends bitwise
-    where an uninterrupted run ends.  (Both stages start over when rerun:
-    pseudo recomputes every mask, fit starts from a new PCA; what they
-    wrote before the kill stays readable until it is superseded.)"""
+    store and checkpoint left behind opens intact, nothing written before a
+    kill is lost, the rerun resumes (pseudo reuses the masks recorded, fit
+    continues from the checkpoint's epoch) and ends bitwise where an
+    uninterrupted run ends."""
     folders = {}
     for name in ("whole", "broken"):
         d = tmp_path / name
         d.mkdir()
-        (d / "tiny.toml").write_text(CLI_TINY)
+        (d / "tiny.toml").write_text(CLI_TINY.replace("n_train = 24", "n_train = 96"))
         _cli(d, "extract")
         if stage == "fit":
             _cli(d, "pseudo")
         folders[name] = d
-    t0 = time.perf_counter()
-    _cli(folders["whole"], stage)
-    seconds = time.perf_counter() - t0
+    first = json.loads(_cli(folders["whole"], stage, "--json").stdout)
+    assert first.get("reused", first.get("resumed_from_epoch")) == 0
+    seconds = first["seconds"] if stage == "pseudo" else first["em"]["seconds"]
     want = _cli_state(folders["whole"], stage)
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     kills = 0
     for _ in range(KILLS):
+        before = _done_before_rerun(folders["broken"], stage)
+        have = _cli_state(folders["broken"], stage)
+        mark = _written(folders["broken"], stage)
         proc = subprocess.Popen([sys.executable, "-m", "primaps", stage, "-c", "tiny.toml", "-q"],
                                 cwd=folders["broken"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 0.9) * seconds)
+        # kill at a random moment after the run's next write (else the kill
+        # mostly hits the interpreter's start-up, the stage being short)
+        while proc.poll() is None and _written(folders["broken"], stage) == mark:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.6) * seconds)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=600)
         if proc.returncode == 0:
             continue
         kills += 1
-        _cli_state(folders["broken"], stage)  # opens: nothing is corrupt
+        after = _done_before_rerun(folders["broken"], stage)
+        assert after >= before, "a killed rerun lost work written before it"
+        state = _cli_state(folders["broken"], stage)  # opens: nothing is corrupt
+        if stage == "pseudo":  # the masks kept are the ones an uninterrupted run writes
+            assert set(have) <= set(state)
+            for i, m in state.items():
+                assert np.array_equal(m, want[i])
+        elif state is not None:
+            k = len(state[2])
+            assert state[2] == want[2][:k]
     print(f"\ncli {stage}: {kills} kills")
-    _cli(folders["broken"], stage)
+    before = _done_before_rerun(folders["broken"], stage)
+    res = json.loads(_cli(folders["broken"], stage, "--json").stdout)
+    if stage == "pseudo":
+        assert res["reused"] == before  # every recorded mask reused, none recomputed
+    else:
+        assert res["resumed_from_epoch"] == before
     got = _cli_state(folders["broken"], stage)
     if stage == "pseudo":
-        assert list(got) == list(want)
+        assert sorted(got) == sorted(want)
         for i in want:
             assert np.array_equal(got[i], want[i])
     else:
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
         assert got[2] == want[2] and got[3] == want[3]
     assert kills >= 1, "every run finished before its kill"
+    assert before > 0, "no kill came after the first write: nothing was resumed"
+
+
+def test_fit_refuses_a_checkpoint_of_another_config_and_restart_starts_over(tmp_path):
+    (tmp_path / "tiny.toml").write_text(CLI_TINY.replace("epochs = 6", "epochs = 2"))
+    _cli(tmp_path, "extract")
+    _cli(tmp_path, "pseudo")
+    first = json.loads(_cli(tmp_path, "fit", "--json").stdout)
+    assert first["resumed_from_epoch"] == 0
+    again = json.loads(_cli(tmp_path, "fit", "--json").stdout)
+    assert again["resumed_from_epoch"] == 3  # 1 warm-up + 2 EM epochs: nothing left to do
+    p = subprocess.run([sys.executable, "-m", "primaps", "fit", "-c", "tiny.toml", "-q",
+                        "--set", "em.lr=0.01", "--set", "masks.threshold=0.5"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2
+    assert "em.npz was trained with a different config (masks.threshold, em.lr)" in p.stderr
+    assert "--restart" in p.stderr and "--out" in p.stderr
+    # fields that do not change the result (threads, batch sizes of masks) are no mismatch
+    same = json.loads(_cli(tmp_path, "fit", "--json", "--set", "run.threads=2",
+                           "--set", "masks.batch_size=3").stdout)
+    assert same["resumed_from_epoch"] == 3
+    old = primaps.PriMaPsEM.load(tmp_path / "run/em.npz")
+    new = json.loads(_cli(tmp_path, "fit", "--json", "--restart", "--set", "em.lr=0.01").stdout)
+    assert new["resumed_from_epoch"] == 0
+    em = primaps.PriMaPsEM.load(tmp_path / "run/em.npz")
+    assert em.lr == 0.01 and em.epoch_ == 2
+    assert not np.array_equal(em.teacher_.v, old.teacher_.v)
+    again = json.loads(_cli(tmp_path, "fit", "--json", "--set", "em.lr=0.01").stdout)
+    assert again["resumed_from_epoch"] == 3
+
+
+def test_pseudo_recomputes_the_masks_of_another_mask_config(tmp_path):
+    (tmp_path / "tiny.toml").write_text(CLI_TINY)
+    _cli(tmp_path, "extract")
+    assert json.loads(_cli(tmp_path, "pseudo", "--json").stdout)["reused"] == 0
+    assert json.loads(_cli(tmp_path, "pseudo", "--json").stdout)["reused"] == 24
+    res = json.loads(_cli(tmp_path, "pseudo", "--json", "--set", "masks.threshold=0.6").stdout)
+    assert res["reused"] == 0 and res["images"] == 24
+    store = FeatureStore(tmp_path / "run/features/train", mode="r")
+    from primaps.config import load_config
+    from primaps.pipeline import masks_of
+
+    cfg = load_config(str(tmp_path / "tiny.toml"), ["masks.threshold=0.6"])
+    want = masks_of(cfg, store.read(["street_train_00000"]), (32, 32))[0]
+    assert np.array_equal(store.read_masks("street_train_00000"), want)
