@@ -3,6 +3,7 @@ that name the file, the label look-up tables and a NumPy collate function."""
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -124,7 +125,7 @@ def names_in(folder: Path) -> set:
         return {entry.name for entry in it}
 
 
-class SegmentationDataset:
+class SegmentationDataset(abc.ABC):
     """Base of the loaders: a list of image files, optional label files, and
     the protocol.
 
@@ -169,15 +170,16 @@ class SegmentationDataset:
     def n_classes(self) -> int:
         return len(self.class_names)
 
-    def _build_index(self) -> None:  # pragma: no cover - every loader overrides it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _build_index(self) -> None:
+        """Fill ``ids``, ``image_files`` and ``label_files`` from ``root``."""
 
     def _read_image(self, path: Path) -> Image.Image:
         return read_image(path)
 
+    @abc.abstractmethod
     def _read_label(self, path: Path) -> np.ndarray:
         """Class ids (uint8, 255 = ignore) of the label file at `path`."""
-        raise NotImplementedError  # pragma: no cover
 
     def __len__(self) -> int:
         return len(self.ids)
