@@ -436,10 +436,12 @@ static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
         bad |= lattice_locate(f + i * d, d, sf, L->rem0 + i * d1,
                               L->rank + i * d1, L->bary + i * d1);
     if (bad) return PM_ERR_ARG;
+    if (pm_interrupted()) return PM_ERR_INTERRUPTED;
 
     /* 2. Number the vertices in order of first appearance. */
     int st = number_vertices(L, nt);
     if (st != PM_OK) return st;
+    if (pm_interrupted()) return PM_ERR_INTERRUPTED;
     const int64_t M = L->M;
 
     /* 3. Blur neighbours along each direction j: n1 = key + (d+1) e_j - 1,
@@ -1326,6 +1328,7 @@ static float *mean_field_serial(workspace *ws, const kernels *ks, int64_t H,
 {
     float *q = ws->q, *qn = ws->q1;
     for (int it = 0; it < iterations; it++) {
+        if (pm_interrupted()) break; /* the caller returns PM_ERR_INTERRUPTED */
         const float *sv = NULL, *av = NULL;
         if (ks->smooth) {
             splat_half(ks->smooth, q, &ws->vsmooth, 0, P);
@@ -1389,14 +1392,18 @@ static float *mean_field_parallel(workspace *ws, const kernels *ks,
         }
     int64_t next_task = 0, next_grid = 0, next_row = 0;
     int done[2] = {0, 0};
+    int stop = 0; /* written by thread 0, read by all after a barrier */
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
         float *scratch = ws->rows + t * ws->rows_stride;
         float *q = ws->q, *qn = ws->q1;
         for (int it = 0; it < iterations; it++) {
-            /* Nobody takes rows before the next barrier. */
-            if (t == 0) next_row = 0;
+            /* Nobody takes rows (or reads stop) before the next barrier. */
+            if (t == 0) {
+                next_row = 0;
+                __atomic_store_n(&stop, pm_interrupted(), __ATOMIC_RELAXED);
+            }
             for (;;) {
                 const int64_t k = __atomic_fetch_add(&next_task, 1,
                                                      __ATOMIC_RELAXED);
@@ -1408,6 +1415,9 @@ static float *mean_field_parallel(workspace *ws, const kernels *ks,
             }
             if (ks->grid) grid_rows(ws, ks->grid, q, scratch, &next_grid, P);
 #pragma omp barrier
+            /* Every thread leaves at the same point (the caller returns
+             * PM_ERR_INTERRUPTED). */
+            if (__atomic_load_n(&stop, __ATOMIC_RELAXED)) break;
             /* Nobody takes tasks or grid rows before the next barrier. */
             if (t == 0) {
                 next_task = next_grid = 0;
@@ -1467,6 +1477,7 @@ static int crf_image(workspace *ws, kernels ks, const uint8_t *img,
                     (float)img[i * 3 + c] / p->appearance_theta_rgb;
         st = kernel_build(k, N, 5, p->appearance_weight, nt);
         if (st != PM_OK) return st;
+        if (pm_interrupted()) return PM_ERR_INTERRUPTED;
         ks.app = k;
     }
     load_unary(logits, ws, N, L, Lp, p->min_prob, nt);
@@ -1479,6 +1490,7 @@ static int crf_image(workspace *ws, kernels ks, const uint8_t *img,
             return PM_ERR_NOMEM;
         q = nt > 1 ? mean_field_parallel(ws, &ks, H, W, Lp, p->iterations, nt)
                    : mean_field_serial(ws, &ks, H, W, Lp, p->iterations);
+        if (pm_interrupted()) return PM_ERR_INTERRUPTED;
     }
     rows_to_planes(q, out, N, L, Lp, nt);
     return PM_OK;
@@ -1602,9 +1614,12 @@ static int crf_run(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
     int64_t failed = B;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(outer) if (outer > 1)
     for (int64_t b = 0; b < B; b++) {
-        const int s = crf_image(&ctx->ws[omp_get_thread_num()], ks,
-                                images + b * N * 3, logits + b * L * N,
-                                marginals + b * L * N, L, H, W, p, inner);
+        const int s =
+            pm_interrupted()
+                ? PM_ERR_INTERRUPTED
+                : crf_image(&ctx->ws[omp_get_thread_num()], ks,
+                            images + b * N * 3, logits + b * L * N,
+                            marginals + b * L * N, L, H, W, p, inner);
         if (s != PM_OK) {
 #pragma omp critical(pm_crf_status)
             if (b < failed) {

@@ -507,6 +507,7 @@ static int propose(ws_t *ws, const pm_masks_params *p, int64_t *n_masks)
     const float psi = (float)p->threshold;
     while ((double)assigned / (double)N < p->stop_fraction && n > 0 &&
            (p->max_masks == 0 || count < p->max_masks) && still < 2) {
+        if (pm_interrupted()) return PM_ERR_INTERRUPTED;
         int st = principal_direction(ws, n, count > 0);
         if (st != PM_OK) return st;
         for (int64_t c = 0; c < C; c++) ws->vf[c] = (float)ws->v[c];
@@ -828,6 +829,7 @@ int pm_masks(const float *features, int64_t B, int64_t C, int64_t h,
 #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < B; b++) {
             int sb = st;
+            if (sb == PM_OK && pm_interrupted()) sb = PM_ERR_INTERRUPTED;
             if (sb == PM_OK)
                 sb = one_image(&ws, features + b * C * N, h, w, p,
                                up ? &ty : NULL, up ? &tx : NULL,

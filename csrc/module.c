@@ -14,6 +14,7 @@
 #include <numpy/arrayobject.h>
 
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,6 +56,55 @@ static void raise_status(int status, const char *what)
         PyErr_Format(PyExc_RuntimeError, "%s: %s (status %d)", what,
                      pm_status_str(status), status);
     }
+}
+
+/* Ctrl-C during a long kernel.  interrupt_begin (GIL held, before the GIL
+ * is released) installs, on the main thread only, a SIGINT handler that
+ * asks the kernels to stop (pm_interrupt_request) and then calls the
+ * handler it replaced (Python's, which records the signal for
+ * PyErr_CheckSignals); interrupt_end restores that handler and turns
+ * PM_ERR_INTERRUPTED into the KeyboardInterrupt (or whatever the Python
+ * handler raises).  A SIGINT that is ignored or left to the default action
+ * is left alone. */
+static unsigned long main_thread_ident;
+static struct sigaction saved_sigint;
+
+static void on_sigint(int sig)
+{
+    pm_interrupt_request();
+    if (saved_sigint.sa_handler != SIG_DFL &&
+        saved_sigint.sa_handler != SIG_IGN)
+        saved_sigint.sa_handler(sig);
+}
+
+static int interrupt_begin(void)
+{
+    if (PyThread_get_thread_ident() != main_thread_ident) return 0;
+    struct sigaction cur, mine;
+    if (sigaction(SIGINT, NULL, &cur) != 0) return 0;
+    if ((cur.sa_flags & SA_SIGINFO) || cur.sa_handler == SIG_DFL ||
+        cur.sa_handler == SIG_IGN || cur.sa_handler == on_sigint)
+        return 0;
+    saved_sigint = cur;
+    pm_interrupt_clear();
+    memset(&mine, 0, sizeof mine);
+    mine.sa_handler = on_sigint;
+    mine.sa_flags = cur.sa_flags;
+    sigemptyset(&mine.sa_mask);
+    if (sigaction(SIGINT, &mine, NULL) != 0) return 0;
+    return 1;
+}
+
+/* Returns -1 with the exception set when the kernel was interrupted. */
+static int interrupt_end(int active, int status)
+{
+    if (active) {
+        sigaction(SIGINT, &saved_sigint, NULL);
+        pm_interrupt_clear();
+    }
+    if (status != PM_ERR_INTERRUPTED) return 0;
+    if (PyErr_CheckSignals() == 0) PyErr_SetNone(PyExc_KeyboardInterrupt);
+    return -1;
 }
 
 /* True for the dtype kinds the core computes with: signed and unsigned
@@ -581,6 +631,7 @@ static PyObject *py_masks(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     int st;
+    const int guard = interrupt_begin();
     Py_BEGIN_ALLOW_THREADS
     st = pm_masks((const float *)PyArray_DATA(x), B, C, h, w, &p, size[0],
                   size[1], (int32_t *)PyArray_DATA(maps),
@@ -589,6 +640,7 @@ static PyObject *py_masks(PyObject *self, PyObject *args, PyObject *kwargs)
                   (int64_t *)PyArray_DATA(nprop),
                   (int64_t *)PyArray_DATA(nmask));
     Py_END_ALLOW_THREADS
+    if (interrupt_end(guard, st) < 0) goto fail;
     if (st != PM_OK) {
         raise_status(st, "features");
         goto fail;
@@ -2140,11 +2192,13 @@ static PyObject *py_dense_crf(PyObject *self, PyObject *args, PyObject *kwargs)
     out = (PyArrayObject *)PyArray_EMPTY(nd, dl, NPY_FLOAT32, 0);
     if (!out) goto fail;
     int st;
+    const int guard = interrupt_begin();
     Py_BEGIN_ALLOW_THREADS
     st = pm_dense_crf(ctx, (const uint8_t *)PyArray_DATA(img),
                       (const float *)PyArray_DATA(lg),
                       (float *)PyArray_DATA(out), B, L, H, W, &p);
     Py_END_ALLOW_THREADS
+    if (interrupt_end(guard, st) < 0) goto fail;
     if (st == PM_ERR_ARG) {
         PyErr_Format(PyExc_ValueError,
                      "dense_crf: a theta is too small for an image of shape "
@@ -2317,6 +2371,7 @@ PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
     pm_pin_blas();
+    main_thread_ident = PyThread_get_thread_ident();
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     /* One method table per kernel family, each next to its bindings. */

@@ -34,7 +34,9 @@ typedef enum {
     PM_ERR_NONFINITE = 3, /* an input holds NaN or inf                     */
     PM_ERR_BLAS = 4,      /* OpenBLAS / LAPACK reported an error           */
     PM_ERR_DNNL = 5,      /* a oneDNN call failed                          */
-    PM_ERR_INTERNAL = 6   /* an invariant of the core was violated         */
+    PM_ERR_INTERNAL = 6,  /* an invariant of the core was violated         */
+    PM_ERR_INTERRUPTED = 7 /* pm_interrupt_request was called: stopped early,
+                            * the outputs are incomplete                     */
 } pm_status;
 
 /* A static, human-readable description of a status code. */
@@ -57,6 +59,15 @@ void pm_prepare_onednn_call(void);
 
 /* Pins OpenBLAS to one thread (see pm_set_num_threads). */
 void pm_pin_blas(void);
+
+/* Cancellation of long kernels.  pm_interrupt_request (async-signal-safe:
+ * one atomic store, callable from a signal handler) asks every running
+ * kernel that polls pm_interrupted -- pm_masks between proposals and
+ * images, pm_dense_crf between images and mean-field iterations -- to stop
+ * and return PM_ERR_INTERRUPTED; pm_interrupt_clear resets the request. */
+void pm_interrupt_request(void);
+void pm_interrupt_clear(void);
+int pm_interrupted(void);
 
 typedef struct {
     int onednn_major, onednn_minor, onednn_patch;

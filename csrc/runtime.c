@@ -29,8 +29,26 @@ const char *pm_status_str(int status)
     case PM_ERR_BLAS: return "OpenBLAS/LAPACK error";
     case PM_ERR_DNNL: return "oneDNN error";
     case PM_ERR_INTERNAL: return "internal error";
+    case PM_ERR_INTERRUPTED: return "interrupted";
     default: return "unknown status";
     }
+}
+
+static int pm_interrupt_flag;
+
+void pm_interrupt_request(void)
+{
+    __atomic_store_n(&pm_interrupt_flag, 1, __ATOMIC_RELAXED);
+}
+
+void pm_interrupt_clear(void)
+{
+    __atomic_store_n(&pm_interrupt_flag, 0, __ATOMIC_RELAXED);
+}
+
+int pm_interrupted(void)
+{
+    return __atomic_load_n(&pm_interrupt_flag, __ATOMIC_RELAXED);
 }
 
 int pm_get_num_threads(void)

@@ -38,7 +38,10 @@ def atomic_write(path: PathLike, suffix: str = ".tmp", prefix: str = TMP_PREFIX)
     named `prefix`... that the next writer may delete)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    except OSError as e:
+        raise _named(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -46,8 +49,36 @@ def atomic_write(path: PathLike, suffix: str = ".tmp", prefix: str = TMP_PREFIX)
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and not getattr(e, "_primaps_named", False):
+            raise _named(e, path) from None
         raise
     fsync_dir(folder)
+
+
+def _named(e: OSError, path: str) -> OSError:
+    """The OSError `e` of writing `path`, naming `path` (not the temporary
+    file): "cannot write PATH: No space left on device"."""
+    out = type(e)(e.errno, f"cannot write {path}: {e.strerror or e}")
+    out._primaps_named = True  # type: ignore[attr-defined]
+    return out
+
+
+def remove_temporaries(folder: PathLike, prefix: str = TMP_PREFIX) -> int:
+    """Delete the temporary files a killed atomic_write left in `folder`
+    (only safe for a writer holding the folder's lock); returns how many."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for e in entries:
+        if e.name.startswith(prefix) and e.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+                n += 1
+    if n:
+        fsync_dir(folder)
+    return n

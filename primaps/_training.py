@@ -4,9 +4,12 @@ checkpoint files."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -269,6 +272,16 @@ def _crc(a: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(a).view(np.uint8)) & 0xFFFFFFFF:08x}"
 
 
+# The CRC-32 of the metadata itself (all keys but this one, as sorted JSON):
+# a hand-edited counter is refused like a flipped bit in an array.
+META_CRC = "meta_crc32"
+
+
+def _meta_crc(meta: dict) -> str:
+    text = json.dumps({k: v for k, v in meta.items() if k != META_CRC}, sort_keys=True)
+    return f"{zlib.crc32(text.encode('utf-8')) & 0xFFFFFFFF:08x}"
+
+
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      meta: dict) -> Path:
     """Write arrays and JSON metadata to one uncompressed .npz file
@@ -279,6 +292,7 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     folder.mkdir(parents=True, exist_ok=True)
     payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     meta = dict(meta, crc32={k: _crc(v) for k, v in payload.items()})
+    meta[META_CRC] = _meta_crc(meta)
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path, suffix=".npz") as f:
         np.savez(f, **payload)
@@ -353,6 +367,10 @@ def read_npz(path: str | os.PathLike, fmt: str, version: int) -> tuple[dict, dic
         raise ValueError(
             f"{path} was written in format version {v}; this primaps reads up to "
             f"version {version}: upgrade primaps")
+    if META_CRC in meta or v >= 2:
+        if meta.get(META_CRC) != _meta_crc(meta):
+            raise ValueError(f"{path}: checksum mismatch in its metadata ({META_KEY}): the "
+                             "checkpoint is corrupt or was edited by hand")
     crcs = meta.get("crc32")
     if crcs is not None:
         if not isinstance(crcs, dict) or set(crcs) != set(arrays):
@@ -377,13 +395,54 @@ def rng_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bg)
 
 
+_CREATE_LOCK = threading.Lock()
+
+
+def exclusive(method):
+    """Decorate a training method of a WorkspaceOwner: while one thread runs
+    it (or another decorated method: `fit` calls `warmup`), a call from any
+    other thread raises RuntimeError instead of interleaving updates."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._exclusive(method.__name__):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class WorkspaceOwner:
     """An estimator holding a workspace of the C kernels in ``_ws``: copies
-    and pickles get a fresh workspace instead of the original's."""
+    and pickles get a fresh workspace instead of the original's.  Its
+    training methods (decorated with `exclusive`) are refused to a second
+    thread while one thread trains it."""
+
+    _TRANSIENT = ("_ws", "_train_lock", "_train_owner")
+
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        lock = self.__dict__.get("_train_lock")
+        if lock is None:
+            with _CREATE_LOCK:
+                lock = self.__dict__.setdefault("_train_lock", threading.Lock())
+        me = threading.get_ident()
+        if self.__dict__.get("_train_owner") == me:  # nested: fit -> warmup
+            yield
+            return
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{type(self).__name__}.{what}: this estimator is being trained by another "
+                f"thread; train one estimator per thread (copy.deepcopy(estimator) gives an "
+                f"independent one)")
+        self._train_owner = me
+        try:
+            yield
+        finally:
+            self._train_owner = None
+            lock.release()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_ws"]  # a workspace of the C kernels: recreated, not copied
+        for k in self._TRANSIENT:  # the C workspace and the lock: recreated, not copied
+            state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -1,8 +1,12 @@
 """The ``primaps`` command (also ``python -m primaps``).
 
 Subcommands: demo, extract, pseudo, fit, evaluate, run, config.  Exit codes:
-0 success, 2 usage errors (bad arguments, config errors), 1 failures, each
-with one line on stderr (the traceback only with ``--debug``).
+0 success; 2 usage errors (bad arguments; a config that cannot be read,
+parsed or used; a run folder whose checkpoint belongs to another config);
+1 failures of a stage (missing, unreadable or inconsistent inputs, a run
+folder another process is writing, a disk that is full or read-only);
+130 interrupted (Ctrl-C).  Each with one line on stderr naming the stage
+and the file (the traceback only with ``--debug``).
 """
 
 from __future__ import annotations
@@ -105,6 +109,21 @@ def effective_config(args: argparse.Namespace) -> Config:
     return load_config(name, flags + list(args.overrides))
 
 
+def rerun_options(args: argparse.Namespace) -> List[str]:
+    """The configuration options of this command line, for the commands
+    that messages suggest."""
+    opts: List[str] = []
+    name = args.config or ("demo" if args.command == "demo" else None)
+    if name:
+        opts += ["-c", name]
+    for flag, value in (("--out", args.out), ("--seed", args.seed), ("--threads", args.threads)):
+        if value is not None:
+            opts += [flag, str(value)]
+    for o in args.overrides:
+        opts += ["--set", o]
+    return opts
+
+
 # ------------------------------------------------------------------- words
 
 
@@ -184,7 +203,7 @@ def dispatch(args: argparse.Namespace) -> Any:
         return cmd_config(args, cfg)
     if cfg.run.threads:
         set_num_threads(cfg.run.threads)
-    ui = pipeline.UI(quiet=args.quiet, messages=not args.json)
+    ui = pipeline.UI(quiet=args.quiet, messages=not args.json, options=rerun_options(args))
     cfg_dir = Path(args.config).expanduser().resolve().parent \
         if args.config and Path(args.config).expanduser().is_file() else None
     t = time.perf_counter()
@@ -249,16 +268,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         if args.debug:
             raise
-        return _fail(str(e), 2)
+        stage = getattr(e, "primaps_stage", None)
+        return _fail(f"{stage}: {e}" if stage else str(e), 2)
     except KeyboardInterrupt:
-        return _fail("interrupted", 1)
+        return _fail("interrupted", 130)
     except Exception as e:  # one clear line; the traceback with --debug
         if args.debug:
             raise
         msg = str(e) or type(e).__name__
         if isinstance(e, (KeyError,)) and e.args:
             msg = str(e.args[0])
-        return _fail(msg, 1)
+        elif isinstance(e, OSError) and e.strerror:
+            msg = e.strerror
+            if e.filename and str(e.filename) not in msg:
+                msg += f": {e.filename}"
+        stage = getattr(e, "primaps_stage", None)
+        return _fail(f"{stage}: {msg}" if stage else msg, 1)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     elif isinstance(result, str):

@@ -279,7 +279,14 @@ def _read(name_or_path: str) -> Tuple[Dict[str, Any], str]:
     """The TOML table of a packaged config name or a file path, and its label."""
     p = Path(name_or_path).expanduser()
     if p.is_file():
-        text, label = p.read_text(encoding="utf-8"), str(p)
+        label = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{label} is not UTF-8 text (byte {e.start}: {e.reason}); TOML "
+                              "files are UTF-8: convert it, e.g. iconv -f latin1 -t utf-8") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read the config file {label}: {e.strerror or e}") from None
     else:
         stem = name_or_path[:-5] if name_or_path.endswith(".toml") else name_or_path
         names = packaged_configs()

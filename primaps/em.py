@@ -15,12 +15,12 @@ from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_not_half_arrays,
                         check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
-                        WorkspaceOwner, write_npz_atomic)
+                        WorkspaceOwner, exclusive, write_npz_atomic)
 from ._version import __version__
 from .crf import check_images, predict_refined, resolve_crf
 
 FORMAT = "primaps.PriMaPsEM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the metadata carry their own CRC-32 and the provenance
 
 __all__ = ["PriMaPsEM", "Prototypes", "ema_decay"]
 
@@ -113,6 +113,11 @@ class PriMaPsEM(WorkspaceOwner):
         Teacher updates made.
     epoch_, warmup_epoch_ : int
         Completed EM and warm-up epochs: `fit` continues from them.
+    provenance : dict or None
+        JSON-ready description of the inputs the estimator is trained on
+        (the command line records the fingerprints of the feature store,
+        the masks and the training config); saved in every checkpoint,
+        covered by its checksum, and restored by `load`.
     """
 
     def __init__(self, n_classes: int, lr: float = 5e-3, focal_gamma: float = 2.0,
@@ -143,6 +148,7 @@ class PriMaPsEM(WorkspaceOwner):
         self.ema_updates_ = 0
         self.epoch_ = 0
         self.warmup_epoch_ = 0
+        self.provenance: dict | None = None
 
     # ------------------------------------------------------------ helpers
 
@@ -237,6 +243,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     # --------------------------------------------------------- initialise
 
+    @exclusive
     def init_pca(self, features: Any, max_pixels: int = 2_000_000,
                  verbose: bool = True) -> "PriMaPsEM":
         """Set ``v`` to the top-K principal directions of the features.
@@ -311,6 +318,7 @@ class PriMaPsEM(WorkspaceOwner):
         self._km_adam = None
         return self
 
+    @exclusive
     def init_from(self, prototypes: Any) -> "PriMaPsEM":
         """Start student and teacher from external cluster centres.
 
@@ -327,6 +335,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     # ------------------------------------------------------------ warm-up
 
+    @exclusive
     def warmup(self, batches: Any, epochs: int | None = None,
                verbose: bool = True) -> "PriMaPsEM":
         """Run the cosine K-means warm-up (the K-means baseline).
@@ -375,6 +384,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     # ----------------------------------------------------------------- EM
 
+    @exclusive
     def partial_fit(self, batch: Any, label_size: Any = None) -> "PriMaPsEM":
         """Exactly one EM step on one batch.
 
@@ -456,6 +466,7 @@ class PriMaPsEM(WorkspaceOwner):
         self.loss_history_.append(float(loss))
         return float(loss)
 
+    @exclusive
     def fit(self, batches: Any, verbose: bool = True,
             checkpoint: str | os.PathLike | None = None,
             label_size: Any = None) -> "PriMaPsEM":
@@ -601,7 +612,8 @@ class PriMaPsEM(WorkspaceOwner):
                           "epoch": self.epoch_, "warmup_epoch": self.warmup_epoch_,
                           "adam_step": self._adam.step,
                           "km_adam_step": None if self._km_adam is None else self._km_adam.step,
-                          "rng": rng_state(self._rng)}}
+                          "rng": rng_state(self._rng)},
+                "provenance": self.provenance}
         write_npz_atomic(path, arrays, meta)
 
     @classmethod
@@ -624,18 +636,25 @@ class PriMaPsEM(WorkspaceOwner):
             est.student_ = Prototypes(sv, sg)
             est.teacher_ = Prototypes(tv, tg)
             est._adam = Adam({"v": sv, "g": sg}, est.lr)
-            est._adam.load_arrays("adam_", arrays, state["adam_step"])
+            est._adam.load_arrays("adam_", arrays, _count(state, "adam_step", path))
             if state["km_adam_step"] is not None:
                 est._km_adam = Adam({"v": sv}, est.lr)
-                est._km_adam.load_arrays("km_adam_", arrays, state["km_adam_step"])
+                est._km_adam.load_arrays("km_adam_", arrays, _count(state, "km_adam_step", path))
             for k, shape in (("adam_m_v", (K, C)), ("adam_s_v", (K, C)),
                              ("adam_m_g", (K,)), ("adam_s_g", (K,))):
                 if arrays[k].shape != shape:
                     raise ValueError(f"{k} has shape {arrays[k].shape}, expected {shape}")
-            est.step_ = int(state["step"])
-            est.ema_updates_ = int(state["ema_updates"])
-            est.epoch_ = int(state["epoch"])
-            est.warmup_epoch_ = int(state["warmup_epoch"])
+            est.step_ = _count(state, "step", path)
+            est.ema_updates_ = _count(state, "ema_updates", path, est.step_)
+            est.epoch_ = _count(state, "epoch", path, est.epochs)
+            est.warmup_epoch_ = _count(state, "warmup_epoch", path, est.warmup_epochs)
+            if est._adam.step != est.step_:
+                raise ValueError(f"{path}: adam_step {est._adam.step} differs from step "
+                                 f"{est.step_} (a corrupt checkpoint)")
+            prov = meta.get("provenance")
+            if prov is not None and not isinstance(prov, dict):
+                raise TypeError("provenance")
+            est.provenance = prov
             est.loss_history_ = [float(x) for x in arrays["loss_history"]]
             est.warmup_loss_history_ = [float(x) for x in arrays["warmup_loss_history"]]
             est._rng = rng_from_state(state["rng"])
@@ -643,6 +662,16 @@ class PriMaPsEM(WorkspaceOwner):
             raise ValueError(f"{path} is an incomplete {FORMAT} checkpoint: missing or "
                              f"malformed {e}") from None
         return est
+
+
+def _count(state: dict, key: str, path: Any, hi: int | None = None) -> int:
+    """state[key], an integer in [0, hi], or a ValueError naming the file."""
+    x = state[key]
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0 or (hi is not None and x > hi):
+        rng = ">= 0" if hi is None else f"in [0, {hi}]"
+        raise ValueError(f"{path}: {key} = {x!r} in its metadata, expected an integer {rng} "
+                         "(a corrupt checkpoint)")
+    return x
 
 
 class _ImageStream:

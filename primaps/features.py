@@ -22,6 +22,7 @@ then the window is dropped; shard order is shuffled too.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -535,7 +536,7 @@ class FeatureStore:
             raise ValueError(f"features hold {what}")
         self._commit("features", ids, data)
 
-    def write_masks(self, ids: Sequence[str], masks: Any) -> None:
+    def write_masks(self, ids: Sequence[str], masks: Any, tag: Optional[str] = None) -> None:
         """Store pseudo labels (PriMaPs mask maps) beside the features.
 
         Parameters
@@ -546,7 +547,12 @@ class FeatureStore:
         masks : array_like of integers, shape (n, H, W)
             Stored in the smallest of uint8 / uint16 / int32 that holds them;
             :meth:`read_masks` returns int32.
+        tag : str, optional
+            What the masks were made with (the command line records the
+            fingerprint of the mask config); :meth:`mask_tag` returns it.
         """
+        if tag is not None and not isinstance(tag, str):
+            raise TypeError(f"tag must be a str or None, got {type(tag).__name__}")
         self._require_writer()
         arr = _numeric_array(masks, "masks")
         if not np.issubdtype(arr.dtype, np.integer):
@@ -560,14 +566,16 @@ class FeatureStore:
         if unknown:
             raise ValueError(f"ids not in the store: {', '.join(map(repr, unknown[:3]))}")
         data = np.ascontiguousarray(arr, dtype=_mask_dtype(arr))
-        self._commit("masks", ids, data)
+        self._commit("masks", ids, data, tag)
 
-    def _commit(self, kind: str, ids: List[str], data: np.ndarray) -> None:
+    def _commit(self, kind: str, ids: List[str], data: np.ndarray, tag: Optional[str] = None) -> None:
         """Write `data` as the next shard of `kind`, then the index listing it."""
         key, where = ("shards", self._where) if kind == "features" else ("mask_shards", self._mask_where)
         name = self._next_name(kind)
         size, crc = _write_atomic(self.path, name, _npy_writer(data))
         entry = {"file": name, "ids": ids, "shape": list(data.shape), "bytes": size, "crc32": crc}
+        if tag is not None:
+            entry["tag"] = tag
         first = kind == "features" and self._index["item_shape"] is None
         self._index[key].append(entry)
         if first:
@@ -584,7 +592,54 @@ class FeatureStore:
         for row, i in enumerate(ids):
             where[i] = (k, row)
 
+    def prune_masks(self) -> int:
+        """Remove the mask shards whose every image has newer masks in a
+        later shard (what rewriting the masks with another config leaves
+        behind); returns how many shards were removed.  The index is
+        rewritten first, then the files are deleted: a crash in between
+        leaves unlisted files that the next writer removes."""
+        self._require_writer()
+        used = {k for k, _ in self._mask_where.values()}
+        shards = self._index["mask_shards"]
+        dropped = [e["file"] for k, e in enumerate(shards) if k not in used]
+        if not dropped:
+            return 0
+        self._index["mask_shards"] = [e for k, e in enumerate(shards) if k in used]
+        try:
+            self._write_index()
+        except BaseException:
+            self._index["mask_shards"] = shards
+            raise
+        self._build_lookup()
+        for name in dropped:
+            try:
+                (self.path / name).unlink()
+            except FileNotFoundError:  # pragma: no cover - removed by hand
+                pass
+        fsync_dir(self.path)
+        return len(dropped)
+
+    def fingerprint(self) -> str:
+        """A SHA-256 (hex) of what the features are: dtype, shape, backbone,
+        protocol and every shard's file, ids and CRC-32, in store order.
+        Equal fingerprints mean the same features in the same order."""
+        idx = self._index
+        desc = {"dtype": idx["dtype"], "item_shape": idx["item_shape"],
+                "backbone": idx.get("backbone"), "protocol": idx.get("protocol"),
+                "shards": [[e["file"], e["crc32"], e["ids"]] for e in idx["shards"]]}
+        text = json.dumps(desc, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     # --------------------------------------------------------------- reading
+
+    def mask_tag(self, image_id: str) -> Optional[str]:
+        """The `tag` the current masks of `image_id` were written with (None
+        for masks written without one)."""
+        try:
+            k, _ = self._mask_where[image_id]
+        except (KeyError, TypeError):
+            raise KeyError(f"no pseudo labels for {image_id!r} in the feature store {self.path}") from None
+        return self._index["mask_shards"][k].get("tag")
 
     def _open_shard(self, entry: Mapping[str, Any]) -> np.ndarray:
         """A read-only memory map of a shard, its CRC checked on first use."""

@@ -9,25 +9,37 @@ Every stage reads and writes the run folder ``run.out`` of a `Config`:
     build_info.json         primaps.build_info() and the Python version
     metrics.json            training summaries and evaluation reports
     report.txt, panels.png, confusion.png
+    .lock                   held by the one process writing the folder
 
-All files are written atomically.  The stages are plain functions that
-return JSON-ready dicts; `primaps.cli` prints them.
+All files are written atomically, and every stage holds the folder's lock
+(a second writer is refused, naming the holder's pid).  Every artifact
+records the fingerprint of its inputs: the mask shards the fingerprint of
+their [masks] config, each checkpoint the feature store, masks and
+training fields it was trained on, the report the checkpoints it scored;
+the consumers check them (`fit` refuses stale or mixed masks, `evaluate`
+scores only the models of the current config).  The stages are plain
+functions that return JSON-ready dicts; `primaps.cli` prints them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import importlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._io import atomic_write
+from ._io import atomic_write, remove_temporaries
 from ._runtime import build_info, set_num_threads
 from .config import Config, ConfigError, dumps
 from .em import PriMaPsEM
@@ -47,15 +59,43 @@ class PipelineError(RuntimeError):
     """A stage cannot run: missing inputs, inconsistent files."""
 
 
+def stage(name: str):
+    """Decorate a stage: an exception leaving it records the stage's name
+    (``exc.primaps_stage``, the first stage it leaves) for the message."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                if not hasattr(e, "primaps_stage"):
+                    try:
+                        e.primaps_stage = name  # type: ignore[attr-defined]
+                    except AttributeError:  # pragma: no cover - exceptions without a dict
+                        pass
+                raise
+        return wrapper
+    return deco
+
+
 # ------------------------------------------------------------------- output
 
 
 class UI:
     """Messages to stderr and tqdm progress bars (images/s), or silence."""
 
-    def __init__(self, quiet: bool = False, messages: bool = True):
+    def __init__(self, quiet: bool = False, messages: bool = True,
+                 options: Optional[Sequence[str]] = None):
         self.quiet = quiet
         self.messages = messages and not quiet
+        # the configuration options of the command line (-c, --out, --set,
+        # ...): what a suggested command repeats
+        self.options = list(options) if options is not None else None
+
+    def command(self, stage: str, cfg: Config, *extra: str) -> str:
+        """The command line that runs `stage` on the same config."""
+        opts = self.options if self.options is not None else ["--out", str(cfg.run.out)]
+        return shlex.join(["primaps", stage, *opts, *extra])
 
     def info(self, msg: str) -> None:
         if self.messages:
@@ -107,6 +147,66 @@ def _split_name(cfg: Config, split: str) -> str:
 # -------------------------------------------------------------- small files
 
 
+LOCK = ".lock"
+_HELD: Dict[str, List[Any]] = {}  # run folder -> [fd, depth] held by this process
+
+
+@contextlib.contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Hold the run folder's lock: one writing process at a time (a second
+    one gets a PipelineError naming the holder's pid); re-entrant within a
+    process.  The first holder removes the temporary files a killed write
+    left behind."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        pass
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise PipelineError(f"another primaps process (pid {holder}) is writing to the run "
+                            f"folder {folder}; wait for it to end (or stop it), then run "
+                            "the command again") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        for sub in (folder, folder / "labels"):
+            remove_temporaries(sub)
+        _HELD[key] = [fd, 1]
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the lock
+
+
+def _digest(obj: Any) -> str:
+    """SHA-256 (hex) of a JSON-ready object (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, suffix=".json") as f:
@@ -140,10 +240,33 @@ def write_run_info(cfg: Config, folder: Path) -> None:
     write_json(folder / "build_info.json", info)
 
 
-def update_metrics(path: Path, key: str, value: Any) -> None:
-    """Set metrics[key] = value in metrics.json (atomically)."""
-    m = read_json(path)
+CHECKSUM = "checksum"
+
+
+def read_output(path: Path, ui: "UI") -> dict:
+    """An output JSON file (metrics.json, pseudo.json) to update: one that
+    does not parse or fails its checksum is replaced, never an error."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        ui.info(f"{path} is unreadable ({e}); it is written again")
+        return {}
+    if not isinstance(m, dict):
+        ui.info(f"{path} is not a JSON object; it is written again")
+        return {}
+    if CHECKSUM in m and m.pop(CHECKSUM) != _digest(m):
+        ui.info(f"{path} fails its checksum (edited or corrupt); it is written again")
+        return {}
+    return m
+
+
+def update_metrics(path: Path, key: str, value: Any, ui: Optional["UI"] = None) -> None:
+    """Set metrics[key] = value in metrics.json (atomically, checksummed)."""
+    m = read_output(path, ui or UI(quiet=True))
     m[key] = value
+    m[CHECKSUM] = _digest({k: v for k, v in m.items() if k != CHECKSUM})
     write_json(path, m)
 
 
@@ -153,16 +276,25 @@ def save_labels(path: Path, ids: Sequence[str], labels: np.ndarray) -> None:
         np.savez(f, ids=np.asarray(list(ids), dtype=str), labels=labels)
 
 
-def load_labels(path: Path) -> Tuple[List[str], np.ndarray]:
+def load_labels(path: Path, hint: str = "primaps extract") -> Tuple[List[str], np.ndarray]:
     if not path.is_file():
-        raise PipelineError(f"no labels at {path}: run 'primaps extract' first")
-    with np.load(path, allow_pickle=False) as z:
-        return [str(i) for i in z["ids"]], np.asarray(z["labels"])
+        raise PipelineError(f"no labels at {path}: run '{hint}' first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, labels = [str(i) for i in z["ids"]], np.asarray(z["labels"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise PipelineError(f"{path} is not a readable label file ({e}): run '{hint}' to "
+                            "write it again") from None
+    if labels.ndim != 3 or len(ids) != labels.shape[0]:
+        raise PipelineError(f"{path} holds {len(ids)} ids and labels of shape {labels.shape}, "
+                            f"expected (n, H, W) with n = {len(ids)}: run '{hint}' to write "
+                            "it again")
+    return ids, labels
 
 
-def open_store(path: Path, mode: str = "r") -> FeatureStore:
+def open_store(path: Path, mode: str = "r", hint: str = "primaps extract") -> FeatureStore:
     if mode == "r" and not (path / "index.json").is_file():
-        raise PipelineError(f"no feature store at {path}: run 'primaps extract' first")
+        raise PipelineError(f"no feature store at {path}: run '{hint}' first")
     return FeatureStore(path, mode=mode)
 
 
@@ -258,6 +390,7 @@ def _extract_street(cfg: Config, paths: Paths, ui: UI) -> dict:
     return out
 
 
+@stage("extract")
 def extract(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
     """Images of the data set folders -> feature stores and label files.
 
@@ -265,6 +398,11 @@ def extract(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
     scenes need no backbone.
     """
     paths = Paths(cfg)
+    with writing(paths.out):
+        return _extract(cfg, paths, ui, cfg_dir)
+
+
+def _extract(cfg: Config, paths: Paths, ui: UI, cfg_dir: Optional[Path]) -> dict:
     t0 = time.perf_counter()
     if cfg.data.dataset == "street":
         out = _extract_street(cfg, paths, ui)
@@ -313,8 +451,7 @@ def label_size(cfg: Config, paths: Paths, split: str = "train") -> Tuple[int, in
     """(H, W) of the labels (the size of the mask maps of the E-step)."""
     p = paths.labels(split)
     if p.is_file():
-        with np.load(p, allow_pickle=False) as z:
-            return tuple(int(x) for x in z["labels"].shape[1:])  # type: ignore[return-value]
+        return tuple(load_labels(p)[1].shape[1:])  # type: ignore[return-value]
     if cfg.data.dataset == "street":
         return cfg.data.size, cfg.data.size
     return cfg.data.crop, cfg.data.crop
@@ -361,40 +498,50 @@ class ImageSource:
 PSEUDO_RECORD = "pseudo.json"
 
 
-def _mask_record(cfg: Config, size: Tuple[int, int], refined: bool) -> dict:
+def _mask_record(cfg: Config, size: Tuple[int, int]) -> dict:
     """What the stored masks depend on: the [masks] fields (not the batch
-    size), the label size and whether the CRF refined them."""
+    size) and the label size."""
     m = dict(cfg.masks.__dict__)
     m.pop("batch_size")
-    m.pop("crf")
-    return {"masks": m, "label_size": list(size), "refined": refined}
+    return {"masks": m, "label_size": [int(x) for x in size]}
 
 
+def mask_tag(cfg: Config, size: Tuple[int, int]) -> str:
+    """The fingerprint of the masks the current config makes, recorded
+    with every mask shard."""
+    return "masks:" + _digest(_mask_record(cfg, size))[:32]
+
+
+@stage("pseudo")
 def pseudo(cfg: Config, ui: UI) -> dict:
     """PriMaPs masks of the training store, stored beside its features.
 
-    Resumable: `pseudo.json` in the store's folder records the mask config
-    and the ids whose masks were written with it (after every shard); those
-    masks are reused when the config is the same, the rest are computed.
+    Resumable: every mask shard records the fingerprint of the mask config
+    it was made with (`mask_tag`); the masks of that fingerprint are reused,
+    the rest are computed.  Once every image has masks of the current
+    config, the shards of other configs are removed.  `pseudo.json` in the
+    store's folder describes the current set.
     """
     paths = Paths(cfg)
+    with writing(paths.out):
+        return _pseudo(cfg, paths, ui)
+
+
+def _pseudo(cfg: Config, paths: Paths, ui: UI) -> dict:
     size = label_size(cfg, paths)
     t0 = time.perf_counter()
-    open_store(paths.store("train"))  # a clear error if it is missing
+    open_store(paths.store("train"), hint=ui.command("extract", cfg))
     images = ImageSource(cfg, "train") if cfg.masks.crf else None
     refined = bool(images)
     n_masks: List[int] = []
     record_path = paths.store("train") / PSEUDO_RECORD
-    config = _mask_record(cfg, size, refined)
-    old = read_json(record_path)
-    done = set(old.get("ids", [])) if {k: old.get(k) for k in config} == config else set()
-    record = {**config, "ids": []}
+    tag = mask_tag(cfg, size)
+    record = {**_mask_record(cfg, size), "tag": tag, "refined": refined, "ids": []}
     reused = 0
     with FeatureStore(paths.store("train"), mode="a") as store:
-        have = set(store.mask_ids)
-        record["ids"] = [i for i in store.ids if i in done and i in have]
-        done = set(record["ids"])
-        write_json(record_path, record)  # before any mask of a new config is written
+        done = {i for i in store.mask_ids if store.mask_tag(i) == tag}
+        record["ids"] = [i for i in store.ids if i in done]
+        write_json(record_path, record)
         if done:
             ui.info(f"pseudo: reusing the masks of {len(done)} of {len(store)} images "
                     f"(same [masks] config)")
@@ -424,16 +571,19 @@ def pseudo(cfg: Config, ui: UI) -> dict:
                 m = np.concatenate(maps)
                 n_masks += m.reshape(m.shape[0], -1).max(axis=1).tolist()
                 written = [ids[r] for r in todo]
-                store.write_masks(written, m)
+                store.write_masks(written, m, tag=tag)
                 record["ids"] += written
                 write_json(record_path, record)
+        # the set is complete: shards of other configs are obsolete
+        pruned = store.prune_masks()
     out = {"images": len(n_masks), "reused": reused, "label_size": list(size),
            "masks_per_image": round(float(np.mean(n_masks)), 2) if n_masks else None,
            "refinement": "dense CRF over the images" if refined else
                          "bilinear upsampling, no CRF (" + ("features only" if cfg.masks.crf
                                                             else "masks.crf = false") + ")",
+           "tag": tag, "obsolete_shards_removed": pruned,
            "seconds": round(time.perf_counter() - t0, 3)}
-    update_metrics(paths.metrics, "pseudo", out)
+    update_metrics(paths.metrics, "pseudo", out, ui)
     return out
 
 
@@ -551,59 +701,119 @@ def training_fields(cfg: Config) -> Dict[str, Any]:
             for k, v in d[sec].items() if f"{sec}.{k}" not in skip}
 
 
-def _resume_point(cfg: Config, paths: Paths, K: int, restart: bool) -> Optional[PriMaPsEM]:
-    """The checkpoint of an earlier run of the same config to continue, or
-    None (no checkpoint, or `restart`: it is removed).  A checkpoint of a
-    different config is an error."""
+def provenance(cfg: Config, store: FeatureStore, role: str, masks: Optional[str]) -> dict:
+    """What a checkpoint of the command line records about its inputs: its
+    role (em, kmeans, em_no_masks), the training store's fingerprint, the
+    masks' fingerprint (None without masks) and the training fields (with
+    their digest)."""
+    fields = training_fields(cfg)
+    return {"role": role, "store": store.fingerprint(), "masks": masks,
+            "training": _digest(fields), "fields": fields}
+
+
+def _stale(prov: Optional[dict], want: dict) -> Optional[str]:
+    """Why a checkpoint of provenance `prov` is not of the inputs `want`
+    (None when it is)."""
+    if not isinstance(prov, dict) or "training" not in prov:
+        return "it records no provenance (written by the Python API or an older primaps)"
+    if prov.get("training") != want["training"]:
+        before = prov.get("fields") if isinstance(prov.get("fields"), dict) else {}
+        diff = [k for k in want["fields"] if before.get(k) != want["fields"][k]]
+        return f"it was trained with a different config ({', '.join(diff) or 'fields'})"
+    if prov.get("store") != want["store"]:
+        return "it was trained on another feature store (the features were extracted again)"
+    if prov.get("masks") != want["masks"]:
+        return "it was trained on other masks"
+    return None
+
+
+def _resume_point(cfg: Config, paths: Paths, K: int, restart: bool, want: dict,
+                  ui: UI) -> Optional[PriMaPsEM]:
+    """The checkpoint of an earlier run of the same inputs to continue, or
+    None (no checkpoint, or `restart`: it is replaced when the new run saves
+    its first epoch).  A checkpoint of other inputs is a ConfigError."""
     ckpt = paths.checkpoint
-    if not ckpt.exists():
-        return None
-    if restart:
-        ckpt.unlink()
+    if not ckpt.exists() or restart:
         return None
     hint = (f"pass a new --out, or --restart to train again from scratch (it replaces "
-            f"{ckpt})")
-    written = paths.out / "config.toml"
+            f"{ckpt} once the new run has saved its first epoch)")
     try:
-        from .config import load_config
+        em = PriMaPsEM.load(ckpt)
+    except ValueError as e:
+        raise PipelineError(f"{e}; {hint}") from None
+    if em.provenance is None:  # an older primaps: compare with config.toml
+        written = paths.out / "config.toml"
+        try:
+            from .config import load_config
 
-        before = training_fields(load_config(str(written)))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{ckpt} exists but the config it was trained with cannot be read "
-                          f"({e}); {hint}") from None
-    now = training_fields(cfg)
-    diff = [k for k in now if before.get(k) != now[k]]
-    if diff:
-        raise ConfigError(f"{ckpt} was trained with a different config ({', '.join(diff)}); "
-                          f"{hint}")
-    em = PriMaPsEM.load(ckpt)
+            before = training_fields(load_config(str(written)))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{ckpt} exists but the config it was trained with cannot be "
+                              f"read ({e}); {hint}") from None
+        diff = [k for k in want["fields"] if before.get(k) != want["fields"][k]]
+        why = f"it was trained with a different config ({', '.join(diff)})" if diff else None
+    else:
+        why = _stale(em.provenance, want)
+    if why:
+        raise ConfigError(f"{ckpt} does not match the current inputs: {why}; {hint}")
     if em._params() != _estimator(cfg, K)._params():
-        raise ConfigError(f"{ckpt} does not match {written} (its parameters differ); {hint}")
+        raise ConfigError(f"{ckpt} does not match the config (its parameters differ); {hint}")
     return em
 
 
+def check_masks(cfg: Config, store: FeatureStore, size: Tuple[int, int], ui: UI) -> str:
+    """The mask fingerprint of the current config, after checking that every
+    training image has masks made with it (not a stale or mixed set)."""
+    tag = mask_tag(cfg, size)
+    missing = stale = 0
+    for i in store.ids:
+        if i not in store._mask_where:
+            missing += 1
+        elif store.mask_tag(i) != tag:
+            stale += 1
+    if missing or stale:
+        what = []
+        if missing:
+            what.append(f"{missing} have no PriMaPs masks")
+        if stale:
+            what.append(f"{stale} have masks made with another [masks] config")
+        raise PipelineError(f"of the {len(store)} training images, {' and '.join(what)}: run "
+                            f"'{ui.command('pseudo', cfg)}' first")
+    return tag
+
+
+@stage("fit")
 def fit(cfg: Config, ui: UI, restart: bool = False) -> dict:
     """PCA init, K-means warm-up and EM on the training store -> em.npz
     (and, as configured, the K-means baseline and the EM without masks).
 
-    Resumable: em.npz is saved after every epoch; a run of the same config
-    (`training_fields`) continues from it, a different config is a
-    ConfigError unless `restart` (train again from scratch)."""
+    Resumable: em.npz is saved after every epoch; a run of the same inputs
+    (store, masks and `training_fields`) continues from it, other inputs are
+    a ConfigError unless `restart` (train again from scratch; the inputs are
+    checked first, and the old checkpoint is replaced only when the new run
+    saves its first epoch)."""
     paths = Paths(cfg)
+    with writing(paths.out):
+        return _fit(cfg, paths, ui, restart)
+
+
+def _fit(cfg: Config, paths: Paths, ui: UI, restart: bool) -> dict:
     K = n_classes(cfg)
-    resumed = _resume_point(cfg, paths, K, restart)
-    write_run_info(cfg, paths.out)
     out: Dict[str, Any] = {"n_classes": K}
-    store = open_store(paths.store("train"))
-    if set(store.mask_ids) != set(store.ids):
-        raise PipelineError(f"{len(set(store.ids) - set(store.mask_ids))} training images "
-                            f"have no PriMaPs masks: run 'primaps pseudo' first")
+    store = open_store(paths.store("train"), hint=ui.command("extract", cfg))
     size = label_size(cfg, paths)
+    tag = check_masks(cfg, store, size, ui)
+    want = provenance(cfg, store, "em", tag)
+    resumed = _resume_point(cfg, paths, K, restart, want, ui)
     t_load = time.perf_counter()
     em = resumed or _estimator(cfg, K)
+    em.provenance = want
     train = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(em, "PriMaPs-EM"))
+    if train.features is None and restart and paths.checkpoint.exists():
+        store.verify()  # every shard intact before the finished model is replaced
     out["load_seconds"] = round(time.perf_counter() - t_load, 3)
     out["in_memory"] = train.features is not None
+    write_run_info(cfg, paths.out)
     t = time.perf_counter()
     if resumed is None:
         em.init_pca(_pca_source(train), verbose=False)
@@ -622,6 +832,7 @@ def fit(cfg: Config, ui: UI, restart: bool = False) -> dict:
     if cfg.em.baseline:
         t = time.perf_counter()
         km = _estimator(cfg, K, warmup_epochs=cfg.em.warmup_epochs + cfg.em.epochs, epochs=0)
+        km.provenance = provenance(cfg, store, "kmeans", None)
         feats = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(km, "baseline"),
                         maps="features", in_memory=False)
         feats.features = train.features  # shared when in memory
@@ -632,6 +843,7 @@ def fit(cfg: Config, ui: UI, restart: bool = False) -> dict:
     if cfg.em.ablation_no_masks:
         t = time.perf_counter()
         ab = _estimator(cfg, K)
+        ab.provenance = provenance(cfg, store, "em_no_masks", None)
         nomask = Batches(store, cfg.em.batch_size, cfg.run.seed, ui,
                          _em_desc(ab, "EM without masks"), maps="none", in_memory=False) \
             if train.features is None else _shared(train, _em_desc(ab, "EM without masks"))
@@ -639,7 +851,7 @@ def fit(cfg: Config, ui: UI, restart: bool = False) -> dict:
         ab.fit(nomask, verbose=False, label_size=size)
         ab.save(paths.ablation)
         out["em_no_masks"] = _summary(ab, time.perf_counter() - t)
-    update_metrics(paths.metrics, "fit", out)
+    update_metrics(paths.metrics, "fit", out, ui)
     return out
 
 
@@ -719,43 +931,108 @@ ROWS = (("kmeans", "K-means baseline", "kmeans.npz", "teacher"),
         ("nomask_student", "EM without masks, student", "em_no_masks.npz", "student"))
 
 
+MODELS = (("em", "em.npz"), ("kmeans", "kmeans.npz"), ("em_no_masks", "em_no_masks.npz"))
+ROLE_ROWS = {"em": ("em_teacher", "em_student"), "kmeans": ("kmeans",),
+             "em_no_masks": ("nomask_teacher", "nomask_student")}
+
+
+def _role(em: PriMaPsEM) -> str:
+    """em, kmeans or em_no_masks: from the provenance, else from the
+    parameters (a K-means baseline trains no EM epochs)."""
+    role = em.provenance.get("role") if isinstance(em.provenance, dict) else None
+    if role in ROLE_ROWS:
+        return role
+    return "kmeans" if em.epochs == 0 and em.warmup_epochs > 0 else "em"
+
+
+def _load_model(p: Path) -> PriMaPsEM:
+    try:
+        return PriMaPsEM.load(p)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
+
+
+@stage("evaluate")
 def evaluate(cfg: Config, ui: UI, checkpoint: Optional[Path] = None) -> dict:
     """Reports of teacher and student (and baseline, ablation, probe) on
-    the validation store; writes metrics.json, report.txt and pictures."""
+    the validation store; writes metrics.json, report.txt and pictures into
+    the run folder.
+
+    Without `checkpoint`: the models of the run folder that were trained on
+    the current inputs (config, training store, masks); em.npz of other
+    inputs is an error, a baseline or ablation of other inputs is skipped
+    (the result says which and why).  With `checkpoint`: that model only,
+    its rows named by its role, the report still written into the run
+    folder (never beside the checkpoint)."""
     paths = Paths(cfg)
+    with writing(paths.out):
+        return _evaluate(cfg, paths, ui, checkpoint)
+
+
+def _evaluate(cfg: Config, paths: Paths, ui: UI, checkpoint: Optional[Path]) -> dict:
     K = n_classes(cfg)
     class_names, palette = dataset_info(cfg)
     if len(class_names) != K:
         class_names = None
-    ckpt = Path(checkpoint) if checkpoint else paths.checkpoint
-    if not ckpt.is_file():
-        raise PipelineError(f"no checkpoint at {ckpt}: run 'primaps fit' first")
-    folder = ckpt.parent
+    chosen: List[Tuple[str, Path, PriMaPsEM]] = []
+    skipped: Dict[str, str] = {}
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+        if not ckpt.is_file():
+            raise PipelineError(f"no checkpoint at {ckpt}")
+        em = _load_model(ckpt)
+        chosen.append((_role(em), ckpt, em))
+    else:
+        ckpt = paths.checkpoint
+        if not ckpt.is_file():
+            raise PipelineError(f"no checkpoint at {ckpt}: run '{ui.command('fit', cfg)}' first")
+        train = paths.store("train")
+        store = FeatureStore(train, mode="r") if (train / "index.json").is_file() else None
+        size = label_size(cfg, paths)
+        for role, name in MODELS:
+            p = paths.out / name
+            if not p.is_file():
+                continue
+            em = _load_model(p)
+            want = provenance(cfg, store, role, mask_tag(cfg, size) if role == "em" else None) \
+                if store is not None else None
+            why = _stale(em.provenance, want) if want is not None else None
+            if why is None and want is None and isinstance(em.provenance, dict):
+                # no training store at hand: the config alone is compared
+                if em.provenance.get("training") != _digest(training_fields(cfg)):
+                    why = "it was trained with a different config"
+            if why is not None:
+                if role == "em":
+                    raise PipelineError(f"{p}: {why}; run "
+                                        f"'{ui.command('fit', cfg, '--restart')}' to train it "
+                                        "again, or evaluate it with --checkpoint")
+                skipped[name] = why
+                ui.info(f"evaluate: skipping {p}: {why}")
+                continue
+            chosen.append((role, p, em))
+    for _, p, em in chosen:
+        if em.n_classes != K:
+            raise PipelineError(f"{p} has {em.n_classes} classes, the data set {K}")
     models: Dict[str, Tuple[PriMaPsEM, str]] = {}
-    loaded: Dict[str, PriMaPsEM] = {}
-    for key, _, fname, which in ROWS:
-        if fname is None:  # the CRF rows: predictions of the rows above
-            continue
-        p = ckpt if fname == "em.npz" else folder / fname
-        if not p.is_file():
-            continue
-        if p not in loaded:
-            try:
-                loaded[p] = PriMaPsEM.load(p)
-            except ValueError as e:
-                raise PipelineError(str(e)) from None
-        if loaded[p].n_classes != K:
-            raise PipelineError(f"{p} has {loaded[p].n_classes} classes, the data set {K}")
-        models[key] = (loaded[p], which)
-    ids, labels = load_labels(paths.labels("val"))
-    store = open_store(paths.store("val"))
+    which_of = {key: which for key, _, _, which in ROWS}
+    for role, _, em in chosen:
+        for key in ROLE_ROWS[role]:
+            models[key] = (em, which_of[key])
+    main_role, main_path, main_em = chosen[0]
+    main = ROLE_ROWS[main_role][0]
+    hint = ui.command("extract", cfg)
+    ids, labels = load_labels(paths.labels("val"), hint)
+    store = open_store(paths.store("val"), hint=hint)
     t = time.perf_counter()
     images = ImageSource(cfg, "val") if cfg.eval.crf else None
     crf_rows = [k for k in ("em_teacher", "em_student") if k in models] if images else []
     reports = _predict_all(models, store, ids, labels, K, class_names, cfg.eval.batch_size, ui,
                            images, crf_rows)
     out: Dict[str, Any] = {
-        "checkpoint": str(ckpt), "label_size": list(labels.shape[1:]),
+        "checkpoint": str(main_path), "label_size": list(labels.shape[1:]),
+        "models": {str(p): {"role": role, "rows": list(ROLE_ROWS[role]),
+                            "sha256": file_digest(p)} for role, p, _ in chosen},
+        "skipped": skipped, "val_store": store.fingerprint(),
         "crf": ("rows with CRF: dense CRF over the validation images" if crf_rows else
                 "not applied: " + ("eval.crf = false" if not cfg.eval.crf
                                    else "the features alone are at hand")),
@@ -767,19 +1044,22 @@ def evaluate(cfg: Config, ui: UI, checkpoint: Optional[Path] = None) -> dict:
     out["reports"] = {k: r.to_dict() for k, r in reports.items()}
     out["table"] = {k: {"acc": round(r.accuracy, 2), "miou": round(r.miou, 2)}
                     for k, r in reports.items()}
-    update_metrics(folder / "metrics.json", "evaluate", out)
-    text = format_table(reports) + "\n\n" + str(reports["em_teacher"]) + "\n"
+    folder = paths.out
+    update_metrics(paths.metrics, "evaluate", out, ui)
+    text = format_table(reports) + "\n\n" + str(reports[main]) + "\n"
     with atomic_write(folder / "report.txt", suffix=".txt") as f:
         f.write(text.encode("utf-8"))
     if cfg.eval.pictures:
-        out["pictures"] = _pictures(cfg, folder, loaded[ckpt], reports["em_teacher"], store,
-                                    ids, labels, palette, ui, images)
+        label = dict((k, lab) for k, lab, _, _ in ROWS)[main]
+        out["pictures"] = _pictures(cfg, folder, main_em, reports[main], store,
+                                    ids, labels, palette, ui, images, label)
     return out
 
 
 def _pictures(cfg: Config, folder: Path, em: PriMaPsEM, report: EvaluationReport,
               store: FeatureStore, ids: List[str], labels: np.ndarray, palette,
-              ui: UI, images: Optional[ImageSource] = None) -> Dict[str, str]:
+              ui: UI, images: Optional[ImageSource] = None,
+              label: str = "PriMaPs-EM teacher") -> Dict[str, str]:
     from . import viz
 
     try:
@@ -804,7 +1084,7 @@ def _pictures(cfg: Config, folder: Path, em: PriMaPsEM, report: EvaluationReport
     viz.plot_panels(imgs, gt=gt, pred=pred, pseudo=pseudo, masks=masks, palette=pal,
                     report=report, path=panels)
     conf = folder / "confusion.png"
-    viz.plot_confusion(report, conf, title=f"PriMaPs-EM teacher: Acc {report.accuracy:.1f} %, "
+    viz.plot_confusion(report, conf, title=f"{label}: Acc {report.accuracy:.1f} %, "
                                            f"mIoU {report.miou:.1f} %")
     return {"panels": str(panels), "confusion": str(conf)}
 
@@ -830,12 +1110,13 @@ def run(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None,
     if cfg.run.threads:
         set_num_threads(cfg.run.threads)
     out: Dict[str, Any] = {}
-    for name, stage in (("extract", lambda: extract(cfg, ui, cfg_dir)),
-                        ("pseudo", lambda: pseudo(cfg, ui)),
-                        ("fit", lambda: fit(cfg, ui, restart)),
-                        ("evaluate", lambda: evaluate(cfg, ui))):
-        ui.info(f"== {name}")
-        t = time.perf_counter()
-        out[name] = stage()
-        out[name]["wall_seconds"] = round(time.perf_counter() - t, 3)
+    with writing(Paths(cfg).out):  # one lock for the four stages
+        for name, step in (("extract", lambda: extract(cfg, ui, cfg_dir)),
+                           ("pseudo", lambda: pseudo(cfg, ui)),
+                           ("fit", lambda: fit(cfg, ui, restart)),
+                           ("evaluate", lambda: evaluate(cfg, ui))):
+            ui.info(f"== {name}")
+            t = time.perf_counter()
+            out[name] = step()
+            out[name]["wall_seconds"] = round(time.perf_counter() - t, 3)
     return out

@@ -11,7 +11,7 @@ from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_not_half_arrays,
                         check_reiterable, is_array_tuple, iterable_epoch, progress,
-                        WorkspaceOwner)
+                        WorkspaceOwner, exclusive)
 from .crf import check_images, predict_refined, resolve_crf
 
 __all__ = ["LinearProbe"]
@@ -74,6 +74,7 @@ class LinearProbe(WorkspaceOwner):
         self.bias_ = self._rng.uniform(-bound, bound, K).astype(np.float32)
         self._adam = Adam({"weight": self.weight_, "bias": self.bias_}, self.lr)
 
+    @exclusive
     def fit(self, batches: Any, verbose: bool = True) -> "LinearProbe":
         """Train for ``epochs`` epochs (from the current weights if fitted).
 
@@ -111,6 +112,7 @@ class LinearProbe(WorkspaceOwner):
                     bar.set_postfix(loss=f"{loss:.4f}")
         return self
 
+    @exclusive
     def partial_fit(self, batch: Any) -> "LinearProbe":
         """One Adam step on one batch (features (B, C, h, w), labels (B, H, W))."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:

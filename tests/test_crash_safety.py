@@ -469,10 +469,11 @@ def _written(folder: Path, stage: str):
 
 
 def _done_before_rerun(folder: Path, stage: str) -> int:
-    """Work a rerun may reuse: masks recorded in pseudo.json, or epochs in em.npz."""
+    """Work a rerun may reuse: masks in the store (all of the one config), or
+    epochs in em.npz."""
     if stage == "pseudo":
-        record = folder / "run/features/train/pseudo.json"
-        return len(json.loads(record.read_text())["ids"]) if record.exists() else 0
+        index = folder / "run/features/train/index.json"
+        return len(FeatureStore(index.parent, mode="r").mask_ids) if index.exists() else 0
     state = _cli_state(folder, stage)
     return sum(state[3]) if state is not None else 0
 
@@ -554,10 +555,11 @@ def test_fit_refuses_a_checkpoint_of_another_config_and_restart_starts_over(tmp_
     again = json.loads(_cli(tmp_path, "fit", "--json").stdout)
     assert again["resumed_from_epoch"] == 3  # 1 warm-up + 2 EM epochs: nothing left to do
     p = subprocess.run([sys.executable, "-m", "primaps", "fit", "-c", "tiny.toml", "-q",
-                        "--set", "em.lr=0.01", "--set", "masks.threshold=0.5"],
+                        "--set", "em.lr=0.01", "--set", "em.epochs=3"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert p.returncode == 2
-    assert "em.npz was trained with a different config (masks.threshold, em.lr)" in p.stderr
+    assert "em.npz does not match the current inputs: it was trained with a different " \
+           "config (em.lr, em.epochs)" in p.stderr
     assert "--restart" in p.stderr and "--out" in p.stderr
     # fields that do not change the result (threads, batch sizes of masks) are no mismatch
     same = json.loads(_cli(tmp_path, "fit", "--json", "--set", "run.threads=2",

@@ -308,7 +308,7 @@ def test_save_load_round_trip(data, tmp_path):
     assert back._rng.random() == em._rng.random()
     with np.load(path) as z:
         meta = json.loads(z["meta.json"].tobytes())
-    assert meta["format"] == "primaps.PriMaPsEM" and meta["version"] == 1
+    assert meta["format"] == "primaps.PriMaPsEM" and meta["version"] == 2
 
 
 def test_pickle_and_deepcopy(data):
