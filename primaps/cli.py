@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "earlier run (by default a run of the same config resumes "
                                  "from it, and a different config is an error)")
         if name == "evaluate":
-            sp.add_argument("--checkpoint", help="the checkpoint (default RUN.OUT/em.npz)")
+            sp.add_argument("--checkpoint",
+                            help="score this checkpoint only (default: the models of RUN.OUT "
+                                 "trained on the current config); the report goes into RUN.OUT")
             sp.add_argument("--probe", action="store_true",
                             help="also train and score the linear probe (eval.probe)")
     return p

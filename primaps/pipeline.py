@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ._io import atomic_write, remove_temporaries
-from ._runtime import build_info, set_num_threads
+from ._runtime import build_info, get_num_threads, set_num_threads
 from .config import Config, ConfigError, dumps
 from .em import PriMaPsEM
 from .features import FeatureStore
@@ -557,7 +557,9 @@ def _pseudo(cfg: Config, paths: Paths, ui: UI) -> dict:
                 if not todo:
                     continue
                 maps = []
-                bs = cfg.masks.batch_size
+                # the bar moves every few images per thread (a noise image can
+                # take seconds); the masks do not depend on the grouping
+                bs = min(cfg.masks.batch_size, 4 * get_num_threads())
                 for s in range(0, len(todo), bs):
                     rows = todo[s:s + bs]
                     part = np.asarray(feats[rows], dtype=np.float32)
