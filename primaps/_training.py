@@ -13,12 +13,13 @@ import threading
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
 from . import _core
 from ._io import atomic_write
+from ._layout import to_nchw
 
 # ------------------------------------------------------------ arguments
 
@@ -137,7 +138,14 @@ def is_array_tuple(batches: Any) -> bool:
 def check_not_half_arrays(batches: Any, names: tuple) -> None:
     """A tuple whose first entry is an array is meant as whole arrays
     (features, maps[, student_features]): an entry of another kind is a
-    TypeError naming it, not a misreading as an iterable of batches."""
+    TypeError naming it, not a misreading as an iterable of batches.  So is
+    a list [features, maps] (a 4-D array, then a 3-D one or None)."""
+    if (isinstance(batches, list) and 2 <= len(batches) <= 3 and is_array(batches[0])
+            and np.ndim(batches[0]) == 4
+            and (batches[1] is None or (is_array(batches[1]) and np.ndim(batches[1]) == 3))):
+        raise TypeError(f"batches is a list [{', '.join(names[:len(batches)])}]: pass the "
+                        f"arrays as a tuple ({', '.join(names[:len(batches)])}), or a list of "
+                        "(features, maps) batch tuples")
     if not (isinstance(batches, tuple) and 2 <= len(batches) <= 3 and is_array(batches[0])):
         return
     for name, x in zip(names, batches):
@@ -146,12 +154,18 @@ def check_not_half_arrays(batches: Any, names: tuple) -> None:
                             f"tuple ({', '.join(names[:len(batches)])}) of arrays)")
 
 
-def as_features(x: Any, name: str = "features") -> np.ndarray:
-    """x as an array with 4 axes (n, C, h, w), or 3 (C, h, w) made (1, C, h, w).
+Fmt = Tuple[Optional[str], Any]  # (layout, grid) of the features an estimator takes
+NCHW: Fmt = (None, None)
+
+
+def as_features(x: Any, name: str = "features", fmt: Fmt = NCHW) -> np.ndarray:
+    """x as an array with 4 axes (n, C, h, w), or 3 (C, h, w) made (1, C, h, w),
+    after the layout `fmt` = (layout, grid) of `primaps._layout.to_nchw`.
     A float32 C-contiguous array (or memmap) is returned as is: the kernels
     read batches out of it by index, without a copy."""
     if not is_array(x) and not isinstance(x, (list, tuple)):
         raise TypeError(f"{name} must be an array of shape (n, C, h, w), got {type(x).__name__}")
+    x = to_nchw(x, fmt[0], fmt[1], name)
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
@@ -172,12 +186,12 @@ class ArraySource:
     copy); others are gathered and converted batch by batch."""
 
     def __init__(self, features: Any, maps: Any = None, student: Any = None, *,
-                 maps_name: str = "masks", check_maps=None):
-        self.features = as_features(features)
+                 maps_name: str = "masks", check_maps=None, fmt: Fmt = NCHW):
+        self.features = as_features(features, fmt=fmt)
         n = self.features.shape[0]
         self.student = None
         if student is not None:
-            self.student = as_features(student, "student_features")
+            self.student = as_features(student, "student_features", fmt)
             if self.student.shape != self.features.shape:
                 raise ValueError(
                     f"student_features must have the shape of features {self.features.shape}, "
@@ -221,7 +235,7 @@ class ArraySource:
 
 
 def iterable_epoch(batches: Iterable, need_maps: bool, what: str,
-                   maps_optional: bool = False) -> Iterator[dict]:
+                   maps_optional: bool = False, fmt: Fmt = NCHW) -> Iterator[dict]:
     """Batches of an iterable of (features, maps[, student_features]).
     With `maps_optional`, a batch must still be such a tuple but its maps
     may be None."""
@@ -238,7 +252,7 @@ def iterable_epoch(batches: Iterable, need_maps: bool, what: str,
         if need_maps and not maps_optional and (len(item) < 2 or item[1] is None):
             raise ValueError(f"{what} must yield (features, maps[, student_features]); "
                              "a batch came without maps")
-        feats = as_features(item[0])
+        feats = as_features(item[0], fmt=fmt)
         maps = item[1] if len(item) > 1 else None
         if maps is not None:
             maps = np.asarray(maps)
@@ -246,7 +260,7 @@ def iterable_epoch(batches: Iterable, need_maps: bool, what: str,
                 maps = maps[None]
         student = item[2] if len(item) > 2 else None
         if student is not None:
-            student = as_features(student, "student_features")
+            student = as_features(student, "student_features", fmt)
         yield {"features": feats, "maps": maps, "student": student, "index": None}
 
 
@@ -413,9 +427,32 @@ class WorkspaceOwner:
     """An estimator holding a workspace of the C kernels in ``_ws``: copies
     and pickles get a fresh workspace instead of the original's.  Its
     training methods (decorated with `exclusive`) are refused to a second
-    thread while one thread trains it."""
+    thread while one thread trains it.  ``get_params`` / ``set_params``
+    follow scikit-learn's protocol over the constructor's arguments
+    (``_params()``)."""
 
     _TRANSIENT = ("_ws", "_train_lock", "_train_owner")
+
+    def _params(self) -> dict:  # pragma: no cover - every estimator defines it
+        raise NotImplementedError
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments (scikit-learn's protocol)."""
+        return dict(self._params())
+
+    def set_params(self, **params: Any):
+        """Set constructor arguments, checked as the constructor checks them
+        (scikit-learn's protocol); returns the estimator."""
+        known = self._params()
+        unknown = [k for k in params if k not in known]
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no parameter {unknown[0]!r}; its "
+                             f"parameters: {', '.join(known)}")
+        checked = type(self)(**{**known, **params})
+        with self._exclusive("set_params"):
+            for k in params:
+                setattr(self, k, getattr(checked, k))
+        return self
 
     @contextlib.contextmanager
     def _exclusive(self, what: str) -> Iterator[None]:

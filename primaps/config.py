@@ -70,6 +70,8 @@ class BackboneConfig:
     device: str = "cpu"
     dtype: str = "float16"  #: feature store dtype: float16 | float32
     shard_size: int = 128  #: images per feature store shard
+    layout: str = ""  #: of the callable's output: "" (B, C, h, w), checked | nchw | nhwc | tokens
+    grid: int = 0  #: patch grid side of layout = "tokens" (0: the square grid)
 
 
 @dataclass
@@ -240,6 +242,12 @@ def validate(cfg: Config) -> Config:
     if cfg.backbone.dtype not in ("float16", "float32"):
         raise ConfigError(f"backbone.dtype must be float16 or float32, got "
                           f"{cfg.backbone.dtype!r}")
+    if cfg.backbone.layout not in ("", "nchw", "nhwc", "tokens"):
+        raise ConfigError("backbone.layout must be \"\", \"nchw\", \"nhwc\" or \"tokens\", "
+                          f"got {cfg.backbone.layout!r}")
+    if cfg.backbone.grid < 0 or (cfg.backbone.grid and cfg.backbone.layout != "tokens"):
+        raise ConfigError("backbone.grid must be 0, or >= 1 with backbone.layout = \"tokens\", "
+                          f"got {cfg.backbone.grid}")
     if cfg.backbone.callable and ":" not in cfg.backbone.callable:
         raise ConfigError("backbone.callable must have the form 'module:function', got "
                           f"{cfg.backbone.callable!r}")

@@ -16,6 +16,7 @@ from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
                         iterable_epoch, progress, read_npz, rng_from_state, rng_state,
                         WorkspaceOwner, exclusive, write_npz_atomic)
+from ._layout import check_grid, check_layout, to_nchw
 from ._version import __version__
 from .crf import check_images, predict_refined, resolve_crf
 
@@ -98,6 +99,15 @@ class PriMaPsEM(WorkspaceOwner):
         the flip to the images, before the backbone.
     seed : int
         Seed of the shuffling and flips.
+    layout : {None, "nchw", "nhwc", "tokens"}
+        How every feature array given to the estimator is laid out (see
+        :func:`primaps.masks`): None (default) channels-first maps
+        ``(B, C, h, w)``, refusing shapes that fit another layout far
+        better; ``"nchw"`` the same without that check; ``"nhwc"``
+        channels-last maps; ``"tokens"`` ViT patch tokens ``(B, N, C)``,
+        with or without a CLS token.
+    grid : int or (h, w), optional
+        The patch grid of ``layout="tokens"`` (default: the square one).
 
     Attributes
     ----------
@@ -123,7 +133,7 @@ class PriMaPsEM(WorkspaceOwner):
     def __init__(self, n_classes: int, lr: float = 5e-3, focal_gamma: float = 2.0,
                  ema_decay: float = 0.98, ema_every: int = 10, warmup_epochs: int = 2,
                  epochs: int = 50, batch_size: int = 32, hflip: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, layout: str | None = None, grid: Any = None):
         self.n_classes = check_int(n_classes, "n_classes", 1, 255)
         self.lr = check_float(lr, "lr", positive=True)
         self.focal_gamma = check_float(focal_gamma, "focal_gamma")
@@ -136,6 +146,10 @@ class PriMaPsEM(WorkspaceOwner):
         self.batch_size = check_int(batch_size, "batch_size", 1)
         self.hflip = bool(hflip)
         self.seed = check_int(seed, "seed", 0)
+        self.layout = check_layout(layout)
+        self.grid = check_grid(grid)
+        if self.grid is not None and self.layout != "tokens":
+            raise ValueError("grid is only for layout='tokens'")
         self._rng = np.random.default_rng(self.seed)
         self._ws = _core.em_workspace()
         self.student_: Prototypes | None = None
@@ -155,7 +169,11 @@ class PriMaPsEM(WorkspaceOwner):
     def _params(self) -> dict:
         return {k: getattr(self, k) for k in (
             "n_classes", "lr", "focal_gamma", "ema_decay", "ema_every",
-            "warmup_epochs", "epochs", "batch_size", "hflip", "seed")}
+            "warmup_epochs", "epochs", "batch_size", "hflip", "seed", "layout", "grid")}
+
+    @property
+    def _fmt(self) -> tuple:
+        return (self.layout, self.grid)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -210,18 +228,18 @@ class PriMaPsEM(WorkspaceOwner):
         check_not_half_arrays(batches, ("features", "masks", "student_features"))
         if is_array_tuple(batches):
             if not need_maps:
-                return ArraySource(batches[0]), None
+                return ArraySource(batches[0], fmt=self._fmt), None
             if len(batches) < 2:
                 raise ValueError(f"{what} must be (features, masks[, student_features]); "
                                  "masks may be None (pseudo labels: the teacher's argmax)")
             src = ArraySource(batches[0], batches[1], batches[2] if len(batches) > 2 else None,
-                              maps_name="masks", check_maps=_core.as_mask_map)
+                              maps_name="masks", check_maps=_core.as_mask_map, fmt=self._fmt)
             return src, None
         if is_array(batches):
             if need_maps:
                 raise ValueError(f"{what} must be (features, masks[, student_features]) "
                                  "or an iterable of such tuples, got one array")
-            return ArraySource(batches), None
+            return ArraySource(batches, fmt=self._fmt), None
         if not isinstance(batches, Iterable):
             raise TypeError(f"{what} must be a tuple of arrays or an iterable of batches, "
                             f"got {type(batches).__name__}")
@@ -230,7 +248,7 @@ class PriMaPsEM(WorkspaceOwner):
     def _epoch(self, src, it, what: str, need_maps: bool) -> Iterator[dict]:
         if src is not None:
             return src.epoch(self._rng, self.batch_size)
-        return iterable_epoch(it, need_maps, what, maps_optional=need_maps)
+        return iterable_epoch(it, need_maps, what, maps_optional=need_maps, fmt=self._fmt)
 
     @staticmethod
     def _n_batches(src, it, batch_size: int) -> int | None:
@@ -245,7 +263,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     @exclusive
     def init_pca(self, features: Any, max_pixels: int = 2_000_000,
-                 verbose: bool = True) -> "PriMaPsEM":
+                 verbose: bool = True, _fmt: tuple | None = None) -> "PriMaPsEM":
         """Set ``v`` to the top-K principal directions of the features.
 
         The covariance of (a sample of at most `max_pixels`) pixels is
@@ -264,7 +282,7 @@ class PriMaPsEM(WorkspaceOwner):
             Pixels sampled at most (a fixed stride per image).
         """
         max_pixels = check_int(max_pixels, "max_pixels", 1)
-        images = _ImageStream(features)
+        images = _ImageStream(features, self._fmt if _fmt is None else _fmt)
         total = images.count_pixels()
         if total == 0:
             raise ValueError("features hold no pixels")
@@ -407,13 +425,14 @@ class PriMaPsEM(WorkspaceOwner):
         self._require_fitted("partial_fit")
         if not isinstance(batch, (tuple, list)) or not 2 <= len(batch) <= 3:
             raise TypeError("batch must be a tuple (features, masks[, student_features])")
-        feats = as_features(batch[0])
+        feats = as_features(batch[0], fmt=self._fmt)
         masks = None
         if batch[1] is not None:
             masks = np.asarray(batch[1])
             if masks.ndim == 2:
                 masks = masks[None]
-        student = as_features(batch[2], "student_features") if len(batch) > 2 else None
+        student = as_features(batch[2], "student_features", self._fmt) if len(batch) > 2 \
+            else None
         self._em_step({"features": feats, "maps": masks, "student": student, "index": None},
                       label_size)
         return self
@@ -502,7 +521,10 @@ class PriMaPsEM(WorkspaceOwner):
             passes += 3 if self.student_ is None else 0
             check_reiterable(it, passes, "batches")
         if self.student_ is None:
-            self.init_pca(src.features if src is not None else it, verbose=verbose)
+            if src is not None:  # already channels-first
+                self.init_pca(src.features, verbose=verbose, _fmt=("nchw", None))
+            else:
+                self.init_pca(it, verbose=verbose)
         if self.warmup_epoch_ < self.warmup_epochs:
             while self.warmup_epoch_ < self.warmup_epochs:
                 self._warmup_epoch(src, it, verbose)
@@ -522,6 +544,21 @@ class PriMaPsEM(WorkspaceOwner):
                 self.save(checkpoint)
         return self
 
+    def fit_predict(self, batches: Any, verbose: bool = True, which: str = "teacher",
+                    **fit_kwargs: Any) -> np.ndarray:
+        """`fit` on in-memory arrays (features, masks[, student_features]),
+        then `predict` the features at the masks' size (scikit-learn's
+        fit_predict)."""
+        if not is_array_tuple(batches) or len(batches) < 2:
+            raise TypeError("fit_predict takes in-memory arrays (features, masks[, "
+                            "student_features])")
+        self.fit(batches, verbose=verbose, **fit_kwargs)
+        size = np.shape(batches[1])[-2:] if batches[1] is not None else None
+        if size is None:
+            size = fit_kwargs.get("label_size") or self._label_size(
+                None, as_features(batches[0], fmt=self._fmt))
+        return self.predict(batches[0], size, which=which)
+
     # ---------------------------------------------------------- inference
 
     def _which(self, which: str) -> Prototypes:
@@ -533,10 +570,12 @@ class PriMaPsEM(WorkspaceOwner):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
 
     def _theta_and_features(self, features: Any, which: str) -> tuple:
+        """theta, the features as (B, C, h, w), and whether one image came."""
         theta = self._which(which).theta()
-        x = as_features(features)
+        y = to_nchw(features, self.layout, self.grid)
+        x = as_features(y, fmt=("nchw", None))
         self._check_channels(x.shape[1])
-        return theta, x
+        return theta, x, np.ndim(y) == 3
 
     def prototypes(self, which: str = "teacher") -> np.ndarray:
         """The effective prototypes ``theta = g v / ||v||``, float32 (K, C)."""
@@ -566,8 +605,7 @@ class PriMaPsEM(WorkspaceOwner):
         -------
         ndarray of int32, (B, H, W) or (H, W)
         """
-        theta, x = self._theta_and_features(features, which)
-        single = np.ndim(features) == 3
+        theta, x, single = self._theta_and_features(features, which)
         refiner = resolve_crf(crf)
         if refiner is not None:
             out = predict_refined(refiner, x, theta, None, size, images, single)
@@ -585,7 +623,7 @@ class PriMaPsEM(WorkspaceOwner):
         -------
         ndarray of uint8, (B, H, W) or (H, W)
         """
-        theta, x = self._theta_and_features(features, which)
+        theta, x, _ = self._theta_and_features(features, which)
         m = np.asarray(masks)
         single = m.ndim == 2
         out = _core.teacher_pseudo(self._ws, x, m[None] if single else m, theta)
@@ -677,11 +715,12 @@ def _count(state: dict, key: str, path: Any, hi: int | None = None) -> int:
 class _ImageStream:
     """Images (C, h, w) of an array or of a re-iterable of batches."""
 
-    def __init__(self, features: Any):
+    def __init__(self, features: Any, fmt: tuple = (None, None)):
+        self.fmt = fmt
         if is_array_tuple(features):
             features = features[0]
         if is_array(features):
-            self.array = as_features(features)
+            self.array = as_features(features, fmt=fmt)
             self.batches = None
             self.channels = self.array.shape[1]
         else:
@@ -703,7 +742,7 @@ class _ImageStream:
             return
         for item in self.batches:
             x = item[0] if isinstance(item, (tuple, list)) else item
-            x = as_features(x)
+            x = as_features(x, fmt=self.fmt)
             if self.channels is not None and x.shape[1] != self.channels:
                 raise ValueError(f"features have {x.shape[1]} channels, expected "
                                  f"{self.channels}")

@@ -500,7 +500,8 @@ class FeatureStore:
 
     # --------------------------------------------------------------- writing
 
-    def append(self, ids: Sequence[str], features: Any) -> None:
+    def append(self, ids: Sequence[str], features: Any, layout: Optional[str] = None,
+               grid: Any = None) -> None:
         """Add one shard: the features of the images `ids`.
 
         Parameters
@@ -510,6 +511,9 @@ class FeatureStore:
         features : array_like of shape (n, C, h, w)
             Any real dtype; stored as the store's dtype.  Non-finite values
             (including float16 overflow) are an error.
+        layout, grid :
+            Other layouts of `features` (channels-last maps, ViT tokens), as
+            in :func:`primaps.masks`; the store holds (n, C, h, w).
 
         Notes
         -----
@@ -517,7 +521,11 @@ class FeatureStore:
         hundred MB (e.g. 100-500 images of DINO ViT-S/8 features in float16).
         """
         self._require_writer()
-        arr = _numeric_array(features, "features")
+        from ._layout import to_nchw
+
+        if layout == "tokens" and np.ndim(features) == 2:
+            raise ValueError("features with layout='tokens' must have shape (n, N, C)")
+        arr = _numeric_array(to_nchw(features, layout, grid, ndims=(4,)), "features")
         if arr.ndim != 4 or arr.shape[0] == 0:
             raise ValueError(f"features must have shape (n, C, h, w) with n >= 1, got {arr.shape}")
         ids = _check_ids(ids, arr.shape[0])

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._layout import to_nchw
 from ._runtime import get_num_threads
 from .crf import as_size2, check_images, refine_argmax, resolve_crf
 
@@ -25,14 +26,17 @@ def masks(
     return_info: bool = False,
     images: Any = None,
     crf: Any = False,
+    layout: Optional[str] = None,
+    grid: Union[int, Sequence[int], None] = None,
 ):
     """PriMaPs mask maps of dense features.
 
     Parameters
     ----------
     features : array_like, (C, h, w) or (B, C, h, w)
-        Dense features (float32; other dtypes and layouts are converted).
-        NaN or inf raise ``ValueError``.
+        Dense features (float32; other dtypes and memory orders are
+        converted), a NumPy array or a torch tensor (also a permuted view).
+        NaN or inf raise ``ValueError``.  Other layouts with `layout`.
     threshold : float in (0, 1)
         psi: a pixel joins a mask when its cosine to the seed is at least
         ``threshold * max``.
@@ -69,6 +73,20 @@ def masks(
         :class:`DenseCRF` sets other parameters (its ``min_prob`` too).
         Needs `images`; the map is at the images' size (`out_size`, if
         given, must equal it).
+    layout : {None, "nchw", "nhwc", "tokens"}
+        None (default): channels-first maps, and a shape that fits another
+        layout far better is a ValueError naming the layout to pass (a last
+        axis of a usual feature size, e.g. 384, much larger than the first:
+        channels-last; (B, N, C) with N a square number, or one more:
+        tokens); where a real channels-first input could have the shape,
+        a ``LayoutWarning`` instead.  ``"nchw"``: channels-first, no check.
+        ``"nhwc"``: channels-last maps (B, h, w, C) or (h, w, C).
+        ``"tokens"``: ViT patch tokens (B, N, C) or (N, C), with or
+        without a leading CLS token.  Converted to channels-first views, no
+        copy where the memory is already channels-first.
+    grid : int or (h, w), optional
+        The patch grid of ``layout="tokens"`` (default: the square grid of
+        N or N - 1 tokens).
 
     Returns
     -------
@@ -80,6 +98,7 @@ def masks(
     Results are bitwise identical for any thread count
     (``primaps.set_num_threads``).
     """
+    features = to_nchw(features, layout, grid)
     refiner = resolve_crf(crf)
     single = np.ndim(features) == 3
     if np.ndim(features) not in (3, 4):

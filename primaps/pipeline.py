@@ -333,6 +333,27 @@ def _feature_fn(cfg: Config, cfg_dir: Optional[Path]) -> Callable[[np.ndarray], 
     return lambda images: model.extract(images, batch_size=b.batch_size, flip=b.flip)
 
 
+def _callable_features(cfg: Config, out: Any, n: int) -> np.ndarray:
+    """The backbone's output for n images as (n, C, h, w), after
+    backbone.layout (a view where possible)."""
+    from ._layout import to_nchw
+
+    b = cfg.backbone
+    what = {"": "(B, C, h, w)", "nchw": "(B, C, h, w)", "nhwc": "(B, h, w, C)",
+            "tokens": "(B, N, C)"}[b.layout]
+    try:
+        feats = to_nchw(out, b.layout or None, b.grid or None, "the backbone's output",
+                        ndims=(4,))
+    except ValueError as e:
+        raise PipelineError(f"backbone {b.callable or b.name}: {e} (set backbone.layout, "
+                            "e.g. --set backbone.layout=nhwc)") from None
+    feats = np.asarray(feats)
+    if feats.ndim != 4 or feats.shape[0] != n:
+        raise PipelineError(f"the feature function returned shape {np.shape(out)} for {n} "
+                            f"images; expected {what} (backbone.layout = {b.layout!r})")
+    return feats
+
+
 def _dataset(cfg: Config, split: str):
     from . import datasets
 
@@ -428,11 +449,7 @@ def _extract(cfg: Config, paths: Paths, ui: UI, cfg_dir: Optional[Path]) -> dict
                 todo = [k for k in part if ids[k] not in store]
                 if todo:
                     images = np.stack([items[k - s][0] for k in todo])
-                    feats = np.asarray(fn(images))
-                    if feats.ndim != 4 or feats.shape[0] != len(todo):
-                        raise PipelineError(
-                            f"the feature function returned shape {feats.shape} for "
-                            f"{len(todo)} images; expected (B, C, h, w)")
+                    feats = _callable_features(cfg, fn(images), len(todo))
                     store.append([ids[k] for k in todo], feats)
                 bar.update(len(part))
             shape = store.item_shape
@@ -697,7 +714,8 @@ def training_fields(cfg: Config) -> Dict[str, Any]:
     the data, the backbone's features, the masks (not their batch size),
     the EM (not the extra baseline and ablation runs) and the seed."""
     skip = {"run.out", "run.threads", "masks.batch_size", "backbone.batch_size",
-            "backbone.device", "backbone.shard_size", "em.baseline", "em.ablation_no_masks"}
+            "backbone.device", "backbone.shard_size", "backbone.layout", "backbone.grid",
+            "em.baseline", "em.ablation_no_masks"}
     d = cfg.to_dict()
     return {f"{sec}.{k}": v for sec in ("run", "data", "backbone", "masks", "em")
             for k, v in d[sec].items() if f"{sec}.{k}" not in skip}
