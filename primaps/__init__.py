@@ -71,3 +71,16 @@ __all__ = [
     "Prototypes",
     "LinearProbe",
 ]
+
+# The optional modules load on first use: ``import primaps`` then
+# ``primaps.viz.plot_panels(...)`` works, and ``import primaps`` alone needs
+# neither matplotlib nor torch.
+_LAZY = ("viz", "backbones", "pipeline", "config", "cli")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

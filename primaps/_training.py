@@ -44,11 +44,48 @@ def check_float(x: Any, name: str, positive: bool = False) -> float:
     return x
 
 
-def progress(total: int | None, desc: str, verbose: bool):
-    from tqdm.auto import tqdm
+class _NoBar:
+    """What a progress bar that is off does: nothing."""
 
-    return tqdm(total=total, desc=desc, disable=not verbose, leave=False,
-                dynamic_ncols=True)
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def tqdm_class():
+    """tqdm.auto's widget bar in a notebook that has ipywidgets, else the
+    text bar (tqdm.auto without ipywidgets only warns and falls back)."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        from tqdm.std import tqdm
+        return tqdm
+    from tqdm.auto import tqdm
+    return tqdm
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "it"):
+    """A tqdm bar to stderr when `enabled` (and there is work: never a bar
+    of total 0), else one that does nothing."""
+    if not enabled or total == 0:
+        return _NoBar()
+    return tqdm_class()(total=total, desc=desc, leave=False, dynamic_ncols=True, unit=unit)
+
+
+def want_progress(progress: Any, verbose: Any) -> bool:
+    """`progress`, or its older name `verbose` when that is given."""
+    return bool(progress if verbose is None else verbose)
 
 
 # ---------------------------------------------------------------- optimiser

@@ -39,6 +39,9 @@ def _common(p: argparse.ArgumentParser, out_default: Optional[str] = None) -> No
                         "in order), e.g. --set em.epochs=20")
     g.add_argument("-o", "--out", help="run folder (run.out)"
                    + (f"; default {out_default}" if out_default else ""))
+    g.add_argument("--features", metavar="RUN",
+                   help="run.features: use the features, masks and labels of the run folder "
+                        "RUN (train again with another seed or config without extracting)")
     g.add_argument("--seed", type=int, help="run.seed")
     g.add_argument("--threads", type=int, help="run.threads (0: all cores)")
 
@@ -102,6 +105,11 @@ def effective_config(args: argparse.Namespace) -> Config:
     flags: List[str] = []
     if args.out is not None:
         flags.append(f"run.out={json.dumps(args.out)}")
+    elif args.command == "demo" and args.seed and not args.config:
+        # the demo's data depend on the seed: each seed gets its own folder
+        flags.append(f"run.out={json.dumps(f'primaps-demo-seed{args.seed}')}")
+    if getattr(args, "features", None) is not None:
+        flags.append(f"run.features={json.dumps(args.features)}")
     if args.seed is not None:
         flags.append(f"run.seed={args.seed}")
     if args.threads is not None:
@@ -118,7 +126,8 @@ def rerun_options(args: argparse.Namespace) -> List[str]:
     name = args.config or ("demo" if args.command == "demo" else None)
     if name:
         opts += ["-c", name]
-    for flag, value in (("--out", args.out), ("--seed", args.seed), ("--threads", args.threads)):
+    for flag, value in (("--out", args.out), ("--features", args.features),
+                        ("--seed", args.seed), ("--threads", args.threads)):
         if value is not None:
             opts += [flag, str(value)]
     for o in args.overrides:
@@ -229,6 +238,8 @@ def dispatch(args: argparse.Namespace) -> Any:
     res["out"] = str(Path(cfg.run.out))
     if args.json:
         return res
+    if args.quiet and args.command in ("extract", "pseudo", "fit"):
+        return None  # the files are the result; -q prints nothing
     return _text(args.command, cfg, res)
 
 
@@ -248,10 +259,41 @@ def _text(command: str, cfg: Config, res: Dict[str, Any]) -> str:
                   _files(out, ["report.txt", "metrics.json", "panels.png", "confusion.png",
                                "em.npz", "config.toml", "build_info.json"])]
     else:
-        summary = {k: v for k, v in res.items() if k not in ("out",)}
-        lines.append(json.dumps(summary, indent=2, default=str))
+        lines += _summary_lines(command, res, out)
     lines.append(f"Done in {res['seconds_total']:.1f} s.")
     return "\n".join(lines)
+
+
+def _summary_lines(command: str, res: Dict[str, Any], out: Path) -> List[str]:
+    """What extract, pseudo and fit did, in a few lines (--json has it all)."""
+    if command == "extract":
+        lines = []
+        for split in ("train", "val"):
+            r = res.get(split)
+            if r:
+                shape = " x ".join(map(str, r.get("feature_shape", [])))
+                lines.append(f"extract: {split}: {r['images']} images, features {shape}")
+        return lines + [f"Feature stores in {out / 'features'}."]
+    if command == "pseudo":
+        return [f"pseudo: masks of {res['images']} images ({res['reused']} reused), "
+                f"{res['masks_per_image']} masks per image at {res['label_size'][0]} x "
+                f"{res['label_size'][1]}; {res['refinement']}.",
+                f"Masks in {out / 'features' / 'train'}."]
+    lines = []
+    for key, name, fname in (("em", "PriMaPs-EM", "em.npz"), ("kmeans", "K-means baseline",
+                                                              "kmeans.npz"),
+                             ("em_no_masks", "EM without masks", "em_no_masks.npz")):
+        r = res.get(key)
+        if not r:
+            continue
+        loss = (f", focal loss {r['focal_loss_first']:.4f} -> {r['focal_loss_last']:.4f}"
+                if "focal_loss_last" in r else
+                f", K-means loss {r['kmeans_loss_last']:.4f}" if "kmeans_loss_last" in r else "")
+        lines.append(f"fit: {name}: {r['warmup_epochs']} K-means + {r['em_epochs']} EM epochs "
+                     f"({r['em_steps']} EM steps){loss} -> {out / fname}")
+    if res.get("resumed_from_epoch"):
+        lines.append(f"(resumed from epoch {res['resumed_from_epoch']})")
+    return lines
 
 
 def _fail(msg: str, code: int) -> int:

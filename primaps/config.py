@@ -40,6 +40,7 @@ class RunConfig:
     out: str = "primaps-run"  #: folder of the run's stores, checkpoint and reports
     seed: int = 0  #: seed of the shuffling, flips and generated data
     threads: int = 0  #: thread pool size (0: OMP_NUM_THREADS, else all cores)
+    features: str = ""  #: run folder whose features/ and labels/ to use ("": run.out)
 
 
 @dataclass

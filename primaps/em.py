@@ -14,8 +14,8 @@ from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_not_half_arrays,
                         check_reiterable, ema_decay, ema_update, is_array, is_array_tuple,
-                        iterable_epoch, progress, read_npz, rng_from_state, rng_state,
-                        WorkspaceOwner, exclusive, write_npz_atomic)
+                        iterable_epoch, progress_bar, read_npz, rng_from_state, rng_state,
+                        WorkspaceOwner, exclusive, want_progress, write_npz_atomic)
 from ._layout import check_grid, check_layout, to_nchw
 from ._version import __version__
 from .crf import check_images, predict_refined, resolve_crf
@@ -263,7 +263,8 @@ class PriMaPsEM(WorkspaceOwner):
 
     @exclusive
     def init_pca(self, features: Any, max_pixels: int = 2_000_000,
-                 verbose: bool = True, _fmt: tuple | None = None) -> "PriMaPsEM":
+                 progress: bool = False, _fmt: tuple | None = None, *,
+                 verbose: bool | None = None) -> "PriMaPsEM":
         """Set ``v`` to the top-K principal directions of the features.
 
         The covariance of (a sample of at most `max_pixels`) pixels is
@@ -296,7 +297,8 @@ class PriMaPsEM(WorkspaceOwner):
         S = np.zeros((C, C))
         s1 = np.zeros(C)
         count = 0
-        with progress(None, "PCA init", verbose) as bar:
+        total = None if images.array is None else int(images.array.shape[0])
+        with progress_bar(total, "PCA init", want_progress(progress, verbose), "img") as bar:
             for k, x in enumerate(images):
                 xs = np.ascontiguousarray(x.reshape(C, -1)[:, k % stride::stride],
                                           dtype=np.float32)
@@ -355,7 +357,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     @exclusive
     def warmup(self, batches: Any, epochs: int | None = None,
-               verbose: bool = True) -> "PriMaPsEM":
+               progress: bool = False, *, verbose: bool | None = None) -> "PriMaPsEM":
         """Run the cosine K-means warm-up (the K-means baseline).
 
         ``epochs`` (default ``warmup_epochs``) epochs of Adam steps on the
@@ -370,8 +372,9 @@ class PriMaPsEM(WorkspaceOwner):
             Features (a tuple's or batch's first entry); masks are ignored.
         """
         epochs = self.warmup_epochs if epochs is None else check_int(epochs, "epochs", 0)
+        verbose = want_progress(progress, verbose)
         if self.student_ is None:
-            self.init_pca(batches, verbose=verbose)
+            self.init_pca(batches, progress=verbose)
         src, it = self._source(batches, "batches", need_maps=False)
         if it is not None:
             check_reiterable(it, epochs, "batches")
@@ -388,8 +391,8 @@ class PriMaPsEM(WorkspaceOwner):
     def _warmup_epoch(self, src, it, verbose: bool) -> None:
         if self._km_adam is None:
             self._km_adam = Adam({"v": self.student_.v}, self.lr)
-        with progress(self._n_batches(src, it, self.batch_size),
-                       f"K-means {self.warmup_epoch_ + 1}", verbose) as bar:
+        with progress_bar(self._n_batches(src, it, self.batch_size),
+                          f"K-means {self.warmup_epoch_ + 1}", verbose) as bar:
             for b in self._epoch(src, it, "batches", need_maps=False):
                 self._check_channels(b["features"].shape[1])
                 loss, dv = _core.kmeans_bwd(self._ws, b["features"], self.student_.v,
@@ -486,9 +489,9 @@ class PriMaPsEM(WorkspaceOwner):
         return float(loss)
 
     @exclusive
-    def fit(self, batches: Any, verbose: bool = True,
+    def fit(self, batches: Any, progress: bool = False,
             checkpoint: str | os.PathLike | None = None,
-            label_size: Any = None) -> "PriMaPsEM":
+            label_size: Any = None, *, verbose: bool | None = None) -> "PriMaPsEM":
         """Train: PCA init and K-means warm-up if needed, then the EM.
 
         `fit` continues where the estimator stands: without prototypes it
@@ -507,14 +510,16 @@ class PriMaPsEM(WorkspaceOwner):
             epoch.  Masks of None make the pseudo labels the teacher's own
             argmax (the ablation "EM without masks").  An iterable (a list, a PyTorch DataLoader, a feature
             store) yields batches as they are, once per epoch.
-        verbose : bool
-            Show tqdm progress bars.
+        progress : bool, default False
+            Show tqdm progress bars (widgets in a notebook with ipywidgets).
+            ``verbose`` is the older name of this argument.
         checkpoint : path, optional
             `save` to this file after every epoch.
         label_size : int or (H, W), optional
             Size of the pseudo labels where masks are None (default: the
             features' size).
         """
+        verbose = want_progress(progress, verbose)
         src, it = self._source(batches, "batches", need_maps=True)
         if it is not None:
             passes = (self.warmup_epochs - self.warmup_epoch_) + (self.epochs - self.epoch_)
@@ -522,9 +527,9 @@ class PriMaPsEM(WorkspaceOwner):
             check_reiterable(it, passes, "batches")
         if self.student_ is None:
             if src is not None:  # already channels-first
-                self.init_pca(src.features, verbose=verbose, _fmt=("nchw", None))
+                self.init_pca(src.features, progress=verbose, _fmt=("nchw", None))
             else:
-                self.init_pca(it, verbose=verbose)
+                self.init_pca(it, progress=verbose)
         if self.warmup_epoch_ < self.warmup_epochs:
             while self.warmup_epoch_ < self.warmup_epochs:
                 self._warmup_epoch(src, it, verbose)
@@ -534,7 +539,7 @@ class PriMaPsEM(WorkspaceOwner):
                     self.save(checkpoint)
         n_batches = self._n_batches(src, it, self.batch_size)
         while self.epoch_ < self.epochs:
-            with progress(n_batches, f"EM {self.epoch_ + 1}/{self.epochs}", verbose) as bar:
+            with progress_bar(n_batches, f"EM {self.epoch_ + 1}/{self.epochs}", verbose) as bar:
                 for b in self._epoch(src, it, "batches", need_maps=True):
                     loss = self._em_step(b, label_size)
                     bar.update(1)
@@ -544,7 +549,7 @@ class PriMaPsEM(WorkspaceOwner):
                 self.save(checkpoint)
         return self
 
-    def fit_predict(self, batches: Any, verbose: bool = True, which: str = "teacher",
+    def fit_predict(self, batches: Any, progress: bool = False, which: str = "teacher",
                     **fit_kwargs: Any) -> np.ndarray:
         """`fit` on in-memory arrays (features, masks[, student_features]),
         then `predict` the features at the masks' size (scikit-learn's
@@ -552,7 +557,7 @@ class PriMaPsEM(WorkspaceOwner):
         if not is_array_tuple(batches) or len(batches) < 2:
             raise TypeError("fit_predict takes in-memory arrays (features, masks[, "
                             "student_features])")
-        self.fit(batches, verbose=verbose, **fit_kwargs)
+        self.fit(batches, progress, **fit_kwargs)
         size = np.shape(batches[1])[-2:] if batches[1] is not None else None
         if size is None:
             size = fit_kwargs.get("label_size") or self._label_size(

@@ -82,7 +82,8 @@ def stage(name: str):
 
 
 class UI:
-    """Messages to stderr and tqdm progress bars (images/s), or silence."""
+    """Messages to stderr and tqdm progress bars (images/s), or silence:
+    bars only on a terminal (stderr a tty), never with `quiet`."""
 
     def __init__(self, quiet: bool = False, messages: bool = True,
                  options: Optional[Sequence[str]] = None):
@@ -102,10 +103,9 @@ class UI:
             print(msg, file=sys.stderr, flush=True)
 
     def progress(self, total: Optional[int], desc: str):
-        from tqdm.auto import tqdm
+        from ._training import progress_bar
 
-        return tqdm(total=total, desc=desc, unit="img", unit_scale=False, leave=False,
-                    dynamic_ncols=True, disable=self.quiet, file=sys.stderr)
+        return progress_bar(total, desc, not self.quiet and _is_tty(sys.stderr), "img")
 
 
 class Paths:
@@ -113,12 +113,15 @@ class Paths:
 
     def __init__(self, cfg: Config):
         self.out = Path(cfg.run.out).expanduser()
+        # the features, masks and labels: of another run folder with run.features
+        self.data = Path(cfg.run.features).expanduser() if cfg.run.features else self.out
+        self.shared = self.data.resolve() != self.out.resolve()
 
     def store(self, split: str) -> Path:
-        return self.out / "features" / split
+        return self.data / "features" / split
 
     def labels(self, split: str) -> Path:
-        return self.out / "labels" / f"{split}.npz"
+        return self.data / "labels" / f"{split}.npz"
 
     @property
     def checkpoint(self) -> Path:
@@ -145,6 +148,13 @@ def _split_name(cfg: Config, split: str) -> str:
 
 
 # -------------------------------------------------------------- small files
+
+
+def _is_tty(f: Any) -> bool:
+    try:
+        return bool(f.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 LOCK = ".lock"
@@ -294,7 +304,8 @@ def load_labels(path: Path, hint: str = "primaps extract") -> Tuple[List[str], n
 
 def open_store(path: Path, mode: str = "r", hint: str = "primaps extract") -> FeatureStore:
     if mode == "r" and not (path / "index.json").is_file():
-        raise PipelineError(f"no feature store at {path}: run '{hint}' first")
+        raise PipelineError(f"no feature store at {path}: run '{hint}' first, or pass "
+                            "--features RUN to use the features of the run folder RUN")
     return FeatureStore(path, mode=mode)
 
 
@@ -394,10 +405,21 @@ def _extract_street(cfg: Config, paths: Paths, ui: UI) -> dict:
         feats, labels = data.features[sl], data.labels[sl]
         ids = [f"street_{split}_{i:05d}" for i in range(len(feats))]
         # a store of the same data (same seed and size) is reused as it is
-        with FeatureStore(paths.store(split), dtype=cfg.backbone.dtype, backbone="street",
-                          protocol={"generated": "street_scenes", "seed": cfg.run.seed,
-                                    "size": d.size, "n_train": d.n_train,
-                                    "n_val": d.n_val}) as store:
+        protocol = {"generated": "street_scenes", "seed": cfg.run.seed, "size": d.size,
+                    "n_train": d.n_train, "n_val": d.n_val}
+        try:
+            store = FeatureStore(paths.store(split), dtype=cfg.backbone.dtype,
+                                 backbone="street", protocol=protocol)
+        except ValueError as e:
+            if "protocol" not in str(e):
+                raise
+            old = FeatureStore(paths.store(split), mode="r").protocol
+            raise PipelineError(
+                f"{paths.store(split)} holds the street scenes of {old}, not of {protocol} "
+                f"(the generated data depend on the seed and data.*): pass another --out, or "
+                f"--features {paths.out} with a new --out to train on the data already "
+                "there") from None
+        with store:
             step = cfg.backbone.shard_size
             todo = [k for k, i in enumerate(ids) if i not in store]
             with ui.progress(len(todo), f"store {split}") as bar:
@@ -419,6 +441,10 @@ def extract(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None) -> dict:
     scenes need no backbone.
     """
     paths = Paths(cfg)
+    if paths.shared:
+        raise ConfigError(f"extract writes the features of run.out ({paths.out}); with "
+                          f"--features {paths.data} the features are read from that folder: "
+                          "drop --features to extract into run.out")
     with writing(paths.out):
         return _extract(cfg, paths, ui, cfg_dir)
 
@@ -540,7 +566,7 @@ def pseudo(cfg: Config, ui: UI) -> dict:
     store's folder describes the current set.
     """
     paths = Paths(cfg)
-    with writing(paths.out):
+    with writing(paths.out), writing(paths.data):  # the masks go into the shared store
         return _pseudo(cfg, paths, ui)
 
 
@@ -713,7 +739,7 @@ def training_fields(cfg: Config) -> Dict[str, Any]:
     """The config fields a checkpoint depends on, as {"section.key": value}:
     the data, the backbone's features, the masks (not their batch size),
     the EM (not the extra baseline and ablation runs) and the seed."""
-    skip = {"run.out", "run.threads", "masks.batch_size", "backbone.batch_size",
+    skip = {"run.out", "run.threads", "run.features", "masks.batch_size", "backbone.batch_size",
             "backbone.device", "backbone.shard_size", "backbone.layout", "backbone.grid",
             "em.baseline", "em.ablation_no_masks"}
     d = cfg.to_dict()
@@ -755,8 +781,9 @@ def _resume_point(cfg: Config, paths: Paths, K: int, restart: bool, want: dict,
     ckpt = paths.checkpoint
     if not ckpt.exists() or restart:
         return None
-    hint = (f"pass a new --out, or --restart to train again from scratch (it replaces "
-            f"{ckpt} once the new run has saved its first epoch)")
+    hint = (f"pass a new --out (with --features {paths.data} to use these features), or "
+            f"--restart to train again from scratch (it replaces {ckpt} once the new run has "
+            "saved its first epoch)")
     try:
         em = PriMaPsEM.load(ckpt)
     except ValueError as e:
@@ -1124,6 +1151,18 @@ def format_table(reports: Dict[str, EvaluationReport]) -> str:
 # ---------------------------------------------------------------------- run
 
 
+def _shared_extract(cfg: Config, ui: UI) -> dict:
+    """`run` with run.features: the stores of that folder, checked, in place
+    of an extract."""
+    paths = Paths(cfg)
+    out: Dict[str, Any] = {"features": str(paths.data), "seconds": 0.0}
+    for split in SPLITS:
+        store = open_store(paths.store(split), hint=ui.command("extract", cfg))
+        out[split] = {"images": len(store), "feature_shape": list(store.item_shape or ())}
+    ui.info(f"extract: using the features of {paths.data}")
+    return out
+
+
 def run(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None,
         restart: bool = False) -> dict:
     """extract -> pseudo -> fit -> evaluate, with the time of every stage."""
@@ -1131,7 +1170,8 @@ def run(cfg: Config, ui: UI, cfg_dir: Optional[Path] = None,
         set_num_threads(cfg.run.threads)
     out: Dict[str, Any] = {}
     with writing(Paths(cfg).out):  # one lock for the four stages
-        for name, step in (("extract", lambda: extract(cfg, ui, cfg_dir)),
+        for name, step in (("extract", lambda: _shared_extract(cfg, ui) if Paths(cfg).shared
+                            else extract(cfg, ui, cfg_dir)),
                            ("pseudo", lambda: pseudo(cfg, ui)),
                            ("fit", lambda: fit(cfg, ui, restart)),
                            ("evaluate", lambda: evaluate(cfg, ui))):

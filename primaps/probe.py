@@ -11,7 +11,8 @@ import numpy as np
 from . import _core
 from ._training import (Adam, ArraySource, as_features, check_float, check_int,
                         check_not_half_arrays,
-                        check_reiterable, is_array_tuple, iterable_epoch, progress,
+                        check_reiterable, is_array_tuple, iterable_epoch, progress_bar,
+                        want_progress,
                         WorkspaceOwner, exclusive, read_npz, rng_from_state, rng_state,
                         write_npz_atomic)
 from ._layout import check_grid, check_layout, to_nchw
@@ -93,7 +94,8 @@ class LinearProbe(WorkspaceOwner):
         self._adam = Adam({"weight": self.weight_, "bias": self.bias_}, self.lr)
 
     @exclusive
-    def fit(self, batches: Any, verbose: bool = True) -> "LinearProbe":
+    def fit(self, batches: Any, progress: bool = False, *,
+            verbose: bool | None = None) -> "LinearProbe":
         """Train for ``epochs`` epochs (from the current weights if fitted).
 
         Parameters
@@ -102,9 +104,10 @@ class LinearProbe(WorkspaceOwner):
             tuples
             features (n, C, h, w); labels (n, H, W) class ids in [0, K) or
             255 at label resolution.
-        verbose : bool
-            Show a tqdm progress bar.
+        progress : bool, default False
+            Show a tqdm progress bar (``verbose`` is its older name).
         """
+        verbose = want_progress(progress, verbose)
         check_not_half_arrays(batches, ("features", "labels"))
         if is_array_tuple(batches):
             if len(batches) != 2:
@@ -123,7 +126,7 @@ class LinearProbe(WorkspaceOwner):
         for e in range(self.epochs):
             epoch = (src.epoch(self._rng, self.batch_size) if src is not None
                      else iterable_epoch(it, True, "batches", fmt=self._fmt))
-            with progress(n_batches, f"linear probe {e + 1}/{self.epochs}", verbose) as bar:
+            with progress_bar(n_batches, f"linear probe {e + 1}/{self.epochs}", verbose) as bar:
                 for b in epoch:
                     loss = self._step(b)
                     bar.update(1)
@@ -177,12 +180,12 @@ class LinearProbe(WorkspaceOwner):
             out = _core.em_predict(self._ws, x, self.weight_, size, bias=self.bias_)
         return out[0] if single else out
 
-    def fit_predict(self, batches: Any, verbose: bool = True) -> np.ndarray:
+    def fit_predict(self, batches: Any, progress: bool = False) -> np.ndarray:
         """`fit` on in-memory arrays (features, labels), then `predict` the
         features at the labels' size."""
         if not is_array_tuple(batches) or len(batches) != 2:
             raise TypeError("fit_predict takes in-memory arrays (features, labels)")
-        self.fit(batches, verbose=verbose)
+        self.fit(batches, progress)
         return self.predict(batches[0], np.shape(batches[1])[-2:])
 
     # -------------------------------------------------------- checkpoints

@@ -248,13 +248,18 @@ def test_warmup_alone_is_the_kmeans_baseline(data):
     assert em.step_ == 0 and em.ema_updates_ == 0
 
 
-def test_progress_bar_shows_unless_quiet(data, capsys):
+def test_quiet_by_default_and_progress_on_request(data, capsys):
     F, masks, _ = data
-    small_em(epochs=1, warmup_epochs=0).init_pca(F, verbose=False).fit((F, masks))
-    assert "EM 1/1" in capsys.readouterr().err
-    small_em(epochs=1, warmup_epochs=0).init_pca(F, verbose=False).fit((F, masks),
-                                                                       verbose=False)
+    small_em(epochs=1, warmup_epochs=0).init_pca(F).fit((F, masks))
     assert capsys.readouterr().err == ""
+    small_em(epochs=1, warmup_epochs=0).init_pca(F).fit((F, masks), progress=True)
+    assert "EM 1/1" in capsys.readouterr().err
+    small_em(epochs=1, warmup_epochs=0).init_pca(F).fit((F, masks), verbose=True)  # old name
+    assert "EM 1/1" in capsys.readouterr().err
+    # no bar of length 0: a store with nothing to do shows none
+    small_em(epochs=0, warmup_epochs=0).init_pca(F, progress=True)
+    err = capsys.readouterr().err
+    assert "PCA init" in err and "0it" not in err and f"/{len(F)}" in err
 
 
 # --------------------------------------------------------- determinism
