@@ -37,11 +37,12 @@ pictures = false
 """
 
 
-def test_import_primaps_then_primaps_viz():
+def test_import_primaps_then_primaps_viz(tmp_path):
     code = ("import sys, primaps; assert 'matplotlib' not in sys.modules; "
             "f = primaps.viz.plot_panels; import primaps.viz as v; assert f is v.plot_panels; "
             "print(primaps.pipeline.__name__)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "primaps.pipeline", p.stderr
     import primaps
 
