@@ -455,10 +455,13 @@ def _extract(cfg: Config, paths: Paths, ui: UI, cfg_dir: Optional[Path]) -> dict
         out = _extract_street(cfg, paths, ui)
         out["seconds"] = round(time.perf_counter() - t0, 3)
         return out
+    # the data set folders first: a missing path is reported before a
+    # missing torch or weights file
+    datasets = {split: _dataset(cfg, _split_name(cfg, split)) for split in SPLITS}
     fn = _feature_fn(cfg, cfg_dir)
     out: Dict[str, Any] = {}
     for split in SPLITS:
-        ds = _dataset(cfg, _split_name(cfg, split))
+        ds = datasets[split]
         n = len(ds) if not cfg.data.limit else min(cfg.data.limit, len(ds))
         ids = ds.ids[:n]
         store = FeatureStore(paths.store(split), dtype=cfg.backbone.dtype,

@@ -342,7 +342,9 @@ def plot_panels(
     h, w = (first.shape[-2:] if columns[0][0] != "image" else _image_rgb(first).shape[:2])
     aspect = min(max(w / max(h, 1), 0.5), 3.0)  # panels follow the pictures' shape
     legend_height = 0.9 if class_names else 0.0
-    fig = _new_figure(mpl, (panel_size * aspect * len(columns), panel_size * n + legend_height))
+    # a column is never narrower than its title (about 1.6 in for "PriMaPs masks")
+    width = max(panel_size * aspect, 1.6)
+    fig = _new_figure(mpl, (width * len(columns), panel_size * n + legend_height))
     axes = fig.subplots(n, len(columns), squeeze=False)
     for j, (title, batch) in enumerate(columns):
         for i, x in enumerate(batch):

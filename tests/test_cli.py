@@ -252,3 +252,13 @@ def test_extract_through_a_backbone_without_weights_fails_clearly(tmp_path, rng)
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1
     assert "missing.pth" in p.stderr or "torch" in p.stderr
+
+
+def test_extract_reports_a_missing_data_folder_before_the_backbone(tmp_path):
+    """Without torch or weights, a wrong data.root is what the user hears
+    of first (the folder is the first thing to fix)."""
+    p = primaps(tmp_path, "extract", "-c", "cityscapes_dino_vits8", "--set",
+                "data.root=nowhere", "--set", "backbone.weights=missing.pth", "-q",
+                check=False)
+    assert p.returncode == 1, p.stderr
+    assert "nowhere" in p.stderr and "missing.pth" not in p.stderr and "torch" not in p.stderr

@@ -372,6 +372,24 @@ def test_cocostuff_train_split_and_missing_files(tmp_path, shared_data):
         CocoStuff(tmp_path / "coco", "train")
 
 
+def test_cocostuff_partial_download_with_allow_missing(tmp_path, shared_data):
+    ids = make_coco(tmp_path / "coco", shared_data, split="val", n=3)
+    (tmp_path / "coco/images/val2017" / f"{ids[0]}.jpg").unlink()
+    (tmp_path / "coco/annotations/val2017" / f"{ids[2]}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"allow_missing=True\) uses the ones present"):
+        CocoStuff(tmp_path / "coco", "val")
+    with pytest.warns(UserWarning, match="1 of the 3 images of the curated list are present"):
+        ds = CocoStuff(tmp_path / "coco", "val", allow_missing=True)
+    assert ds.ids == [ids[1]] and ds.n_listed == 3 and len(ds) == 1
+    assert ds[0][0].shape == (320, 320, 3)
+    for name in ids:
+        (tmp_path / "coco/images/val2017" / f"{name}.jpg").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="none of the 3 images"):
+        CocoStuff(tmp_path / "coco", "val", allow_missing=True)
+    with pytest.raises(TypeError, match="allow_missing"):
+        CocoStuff(tmp_path / "coco", "val", allow_missing="yes")
+
+
 def test_cocostuff_empty_list_names_the_file(tmp_path, shared_data):
     make_coco(tmp_path / "coco", shared_data, n=1)
     lst = tmp_path / "coco/curated/val2017/Coco164kFull_Stuff_Coarse_7.txt"
@@ -430,3 +448,31 @@ def test_torch_dataloader_with_workers(shared_data):
     image, label = next(iter(DataLoader(cs, batch_size=1)))
     assert isinstance(image, torch.Tensor) and tuple(label.shape) == (1, 320, 320)
     assert label.dtype == torch.uint8
+
+
+# ---------------------------------------------------------------- palettes
+
+
+def _distances(palette):
+    p = palette.astype(float)
+    d = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return d
+
+
+@pytest.mark.parametrize("loader", [Cityscapes, CocoStuff, Potsdam])
+def test_palette_colours_are_apart_and_not_black(loader):
+    p = loader.palette
+    assert p.shape == (len(loader.class_names), 3) and p.dtype == np.uint8
+    assert _distances(p).min() >= 35, "two classes look alike"
+    assert (p.astype(int).sum(1) > 0).all(), "black is the colour of ignored pixels"
+
+
+def test_cityscapes_vehicles_are_distinguishable():
+    names = list(Cityscapes.class_names)
+    vehicles = [names.index(n) for n in ("car", "truck", "bus", "caravan", "trailer", "train",
+                                         "motorcycle", "bicycle")]
+    d = _distances(Cityscapes.palette)[np.ix_(vehicles, vehicles)]
+    assert d.min() >= 60
+    pole, polegroup = names.index("pole"), names.index("polegroup")
+    assert _distances(Cityscapes.palette)[pole, polegroup] >= 60

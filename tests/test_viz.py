@@ -221,3 +221,20 @@ def test_panels_draw_mask_maps(mpl, rng):
     pic = axes[0].get_images()[0].get_array()
     assert tuple(pic[12, 2]) == (0, 0, 0)  # background
     assert tuple(pic[0, 0]) != tuple(pic[12, 12]) and tuple(pic[0, 0]) != (0, 0, 0)
+
+
+@pytest.mark.parametrize("shape", [(160, 60), (40, 400), (64, 64)])
+def test_single_row_titles_are_whole_and_apart(mpl, rng, shape):
+    """Titles of one row of tall, wide or square panels neither overlap nor
+    leave the figure."""
+    img = rng.integers(0, 256, (1, *shape, 3), dtype=np.uint8)
+    lab = rng.integers(0, 5, (1, *shape))
+    fig = primaps.viz.plot_panels(img, lab, lab, lab, masks=lab, panel_size=2)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(boxes) == 5
+    width = fig.bbox.width
+    for a, b in zip(boxes, boxes[1:]):
+        assert a.x1 <= b.x0, "two titles overlap"
+    assert boxes[0].x0 >= 0 and boxes[-1].x1 <= width

@@ -95,14 +95,14 @@ def require_file(path: Path, dataset: str, what: str) -> Path:
     return path
 
 
-def report_missing(dataset: str, missing: List[Path], what: str) -> None:
+def report_missing(dataset: str, missing: List[Path], what: str, hint: str = "") -> None:
     """Raise a FileNotFoundError naming the first missing files, if any."""
     if not missing:
         return
     shown = ", ".join(str(p) for p in missing[:3])
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     raise FileNotFoundError(
-        f"{dataset}: {len(missing)} {what} missing: expected {shown}{more}"
+        f"{dataset}: {len(missing)} {what} missing: expected {shown}{more}{hint}"
     )
 
 

@@ -24,15 +24,20 @@ CLASS_NAMES = (
     "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
 )  # fmt: skip
 
-# The official Cityscapes colours of label ids 7..33.
+# The official Cityscapes colours of label ids 7..33, except where two
+# classes would look alike: the official ones give polegroup the colour of
+# pole and the vehicles (truck, bus, caravan, trailer, train) near-equal dark
+# blues, so rail track, guard rail, bridge, polegroup, bus, caravan, trailer
+# and train have colours of their own (every pair at least 35 apart in RGB,
+# the vehicles at least 60; tests/test_datasets.py checks it).
 PALETTE = np.array(
     [
-        (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140),
-        (70, 70, 70), (102, 102, 156), (190, 153, 153), (180, 165, 180),
-        (150, 100, 100), (150, 120, 90), (153, 153, 153), (153, 153, 153),
+        (128, 64, 128), (244, 35, 232), (250, 170, 160), (140, 90, 40),
+        (70, 70, 70), (102, 102, 156), (190, 153, 153), (200, 215, 255),
+        (60, 20, 60), (150, 120, 90), (153, 153, 153), (60, 110, 110),
         (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
         (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-        (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100), (0, 0, 230),
+        (0, 140, 190), (255, 100, 160), (160, 0, 200), (0, 200, 160), (0, 0, 230),
         (119, 11, 32),
     ],
     dtype=np.uint8,

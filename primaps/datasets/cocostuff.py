@@ -3,6 +3,7 @@ STEGO / PriMaPs."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,8 @@ def _pascal_palette(n: int) -> np.ndarray:
     return colors
 
 
-PALETTE = _pascal_palette(len(CLASS_NAMES))
+# entry 0 of the PASCAL map is black, the colour of ignored pixels: skip it
+PALETTE = _pascal_palette(len(CLASS_NAMES) + 1)[1:]
 
 SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
 IMAGE_LIST = "Coco164kFull_Stuff_Coarse_7.txt"
@@ -103,12 +105,27 @@ class CocoStuff(SegmentationDataset):
     split : {"train", "val"}
     resize, crop : int
         The protocol (320, 320; 322, 322 for patch-14 backbones).
+    allow_missing : bool
+        By default every image of the curated list must be there with its
+        label map (the protocol's numbers are over the whole list), and a
+        missing one is a ``FileNotFoundError`` that names it.  With True,
+        the ids whose image or label map is absent are left out (a partial
+        download); ``n_listed`` keeps the length of the list, and a
+        ``UserWarning`` says how many are used.
     """
 
     name = "COCO-Stuff"
     splits = tuple(SPLIT_DIRS)
     class_names = CLASS_NAMES
     palette = PALETTE
+
+    def __init__(self, root, split: str, resize: int = 320, crop: int = 320,
+                 allow_missing: bool = False) -> None:
+        if not isinstance(allow_missing, bool):
+            raise TypeError(f"allow_missing must be True or False, got {allow_missing!r}")
+        self.allow_missing = allow_missing
+        self.n_listed = 0
+        super().__init__(root, split, resize, crop)
 
     def _build_index(self) -> None:
         sub = SPLIT_DIRS[self.split]
@@ -125,10 +142,24 @@ class CocoStuff(SegmentationDataset):
         )  # fmt: skip
         self.ids = read_id_list(lst)
         have_images, have_labels = names_in(image_dir), names_in(label_dir)
+        self.n_listed = len(self.ids)
+        if self.allow_missing:
+            self.ids = [i for i in self.ids if f"{i}.jpg" in have_images and f"{i}.png" in have_labels]
+            if not self.ids:
+                raise FileNotFoundError(
+                    f"{self.name}: none of the {self.n_listed} images of {lst} is in {image_dir} "
+                    f"with its label map in {label_dir}")
+            if len(self.ids) < self.n_listed:
+                warnings.warn(
+                    f"{self.name} {self.split}: {len(self.ids)} of the {self.n_listed} images of "
+                    f"the curated list are present; the others are left out (allow_missing=True), "
+                    f"so scores are not comparable with the full split's", UserWarning,
+                    stacklevel=4)
         missing_images = [image_dir / f"{i}.jpg" for i in self.ids if f"{i}.jpg" not in have_images]
         missing_labels = [label_dir / f"{i}.png" for i in self.ids if f"{i}.png" not in have_labels]
-        report_missing(self.name, missing_images, "images of the curated list are")
-        report_missing(self.name, missing_labels, "label maps of the curated list are")
+        hint = " (CocoStuff(..., allow_missing=True) uses the ones present)"
+        report_missing(self.name, missing_images, "images of the curated list are", hint)
+        report_missing(self.name, missing_labels, "label maps of the curated list are", hint)
         self.image_files = [image_dir / f"{i}.jpg" for i in self.ids]
         self.label_files = [label_dir / f"{i}.png" for i in self.ids]
 
