@@ -59,7 +59,7 @@ CASES = {"clean": 0.5, "hard": 2.0}
 
 
 def torch_masks(torch, F, threshold=0.4, stop_fraction=0.95, gain=10.0, max_iterations=None):
-    """The original algorithm (DESIGN.md 1.1) in PyTorch on one image
+    """The original algorithm (docs/method.md §1.1) in PyTorch on one image
     (C, h, w); returns the int32 mask map and the number of iterations.
     With max_iterations, stops the loop there and returns (None, n)."""
     nnf = torch.nn.functional

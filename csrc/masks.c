@@ -1,5 +1,5 @@
 /*
- * masks.c -- PriMaPs principal mask proposals (DESIGN.md 1.1).
+ * masks.c -- PriMaPs principal mask proposals (docs/method.md section 1.1).
  *
  * One image at a time, one image per thread of the package's pool; BLAS is
  * single-threaded inside.  Per image:
@@ -17,7 +17,7 @@
  *               steps for a few pixels, an SSYRK of the removed rows for
  *               many, a fresh SSYRK of the remaining rows when fewer remain
  *               than leave.  The running sum is double so that ~1500 small
- *               down-dates do not cancel into float32 noise (DESIGN.md 3);
+ *               down-dates do not cancel into float32 noise (a float64 covariance);
  *   direction   the leading eigenvector of A_U by Lanczos iteration (below),
  *               warm-started from the previous direction;
  *   mask        s = F^_U v (sign rule, first-index argmax), m = F^_U u,
@@ -490,7 +490,7 @@ static int64_t remove_rows(ws_t *ws, int64_t *n_io, unsigned char *drop)
 }
 
 /*
- * The loop of DESIGN.md 1.1 on a prepared image.  Writes own0/val0 (mask
+ * The loop of docs/method.md section 1.1 on a prepared image.  Writes own0/val0 (mask
  * number 1..n of each pixel, 0 = unassigned; value m_p / max(m)) and the
  * number of masks.
  */

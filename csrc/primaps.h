@@ -139,7 +139,7 @@ void pm_axis_table_free(pm_axis_table *t);
 /* Principal mask proposals (masks.c)                                       */
 /* ------------------------------------------------------------------------ */
 
-/* Parameters of DESIGN.md 1.1. */
+/* Parameters of docs/method.md section 1.1. */
 typedef struct {
     double threshold;     /* psi in (0, 1): m_p = 0 where m_p < psi max(m)  */
     double stop_fraction; /* (0, 1]: loop while |assigned| / N < this        */
@@ -153,7 +153,7 @@ void pm_masks_params_default(pm_masks_params *p);
 /* PM_OK if every parameter is in range, else PM_ERR_ARG. */
 int pm_masks_check_params(const pm_masks_params *p);
 
-/* PriMaPs mask maps of B images (DESIGN.md 1.1), one image per thread.
+/* PriMaPs mask maps of B images (docs/method.md section 1.1), one image per thread.
  *   features: (B, C, h, w) float32, finite;
  *   maps:     (B, H, W) int32 out: 0 = background, 1..n mask ids renumbered
  *             consecutively in extraction order.  (H, W) = (h, w) takes the

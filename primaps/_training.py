@@ -75,17 +75,24 @@ def tqdm_class():
     return tqdm
 
 
-def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "it"):
+def progress_bar(total: int | None, desc: str, enabled: Any, unit: str = "it"):
     """A tqdm bar to stderr when `enabled` (and there is work: never a bar
-    of total 0), else one that does nothing."""
+    of total 0), else one that does nothing.  A string `enabled` names the
+    bar: ``"name: desc"``."""
     if not enabled or total == 0:
         return _NoBar()
+    if isinstance(enabled, str):
+        desc = f"{enabled}: {desc}"
     return tqdm_class()(total=total, desc=desc, leave=False, dynamic_ncols=True, unit=unit)
 
 
-def want_progress(progress: Any, verbose: Any) -> bool:
-    """`progress`, or its older name `verbose` when that is given."""
-    return bool(progress if verbose is None else verbose)
+def want_progress(progress: Any, verbose: Any) -> bool | str:
+    """`progress`, or its older name `verbose` when that is given: False,
+    True, or a non-empty string (bars named by it)."""
+    p = progress if verbose is None else verbose
+    if isinstance(p, str):
+        return p or False
+    return bool(p)
 
 
 # ---------------------------------------------------------------- optimiser

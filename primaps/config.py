@@ -45,7 +45,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    """The data set (DESIGN.md 1.5), or the generated street scenes (1.6)."""
+    """The data set (docs/method.md §1.5), or the generated street scenes (1.6)."""
 
     dataset: str = "cityscapes"  #: cityscapes | cocostuff | potsdam | street
     root: str = ""  #: folder in the data set's standard layout
@@ -77,7 +77,7 @@ class BackboneConfig:
 
 @dataclass
 class MasksConfig:
-    """PriMaPs mask proposals (DESIGN.md 1.1, ``primaps pseudo``)."""
+    """PriMaPs mask proposals (docs/method.md §1.1, ``primaps pseudo``)."""
 
     threshold: float = 0.4
     stop_fraction: float = 0.95
@@ -90,7 +90,7 @@ class MasksConfig:
 
 @dataclass
 class EMConfig:
-    """PriMaPs-EM (DESIGN.md 1.2, ``primaps fit``)."""
+    """PriMaPs-EM (docs/method.md §1.2, ``primaps fit``)."""
 
     n_classes: int = 0  #: 0: the data set's number of classes
     lr: float = 5e-3
@@ -107,7 +107,7 @@ class EMConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation (DESIGN.md 1.3, ``primaps evaluate``)."""
+    """Evaluation (docs/method.md §1.3, ``primaps evaluate``)."""
 
     probe: bool = False  #: also train and score the supervised linear probe
     probe_epochs: int = 10

@@ -1,6 +1,6 @@
 """PriMaPs-EM: class prototypes fitted to PriMaPs pseudo labels by a
-stochastic EM with a momentum teacher (Hahn et al., TMLR 2024; DESIGN.md
-section 1.2), on the C kernels of ``csrc/em.c``."""
+stochastic EM with a momentum teacher (Hahn et al., TMLR 2024; docs/method.md
+§1.2), on the C kernels of ``csrc/em.c``."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class PriMaPsEM(WorkspaceOwner):
 
     Prototypes are a weight-normalised 1x1 convolution without bias,
     ``theta_k = g_k v_k / ||v_k||``; the logits of a pixel are
-    ``theta_k . F_p`` on the raw features.  Training (DESIGN.md 1.2):
+    ``theta_k . F_p`` on the raw features.  Training (docs/method.md §1.2):
 
     1. `init_pca`: ``v`` = the top-K principal directions of a sample of the
        features (signs: the pole with the more extreme cosine similarity to
@@ -378,8 +378,8 @@ class PriMaPsEM(WorkspaceOwner):
         src, it = self._source(batches, "batches", need_maps=False)
         if it is not None:
             check_reiterable(it, epochs, "batches")
-        for _ in range(epochs):
-            self._warmup_epoch(src, it, verbose)
+        for e in range(epochs):
+            self._warmup_epoch(src, it, verbose, f"K-means {e + 1}/{epochs}")
         self._finish_warmup()
         return self
 
@@ -388,11 +388,11 @@ class PriMaPsEM(WorkspaceOwner):
         self.teacher_ = self.student_.copy()
         self._reset_em()
 
-    def _warmup_epoch(self, src, it, verbose: bool) -> None:
+    def _warmup_epoch(self, src, it, verbose: bool | str, desc: str) -> None:
         if self._km_adam is None:
             self._km_adam = Adam({"v": self.student_.v}, self.lr)
         with progress_bar(self._n_batches(src, it, self.batch_size),
-                          f"K-means {self.warmup_epoch_ + 1}", verbose) as bar:
+                          desc, verbose) as bar:
             for b in self._epoch(src, it, "batches", need_maps=False):
                 self._check_channels(b["features"].shape[1])
                 loss, dv = _core.kmeans_bwd(self._ws, b["features"], self.student_.v,
@@ -510,8 +510,9 @@ class PriMaPsEM(WorkspaceOwner):
             epoch.  Masks of None make the pseudo labels the teacher's own
             argmax (the ablation "EM without masks").  An iterable (a list, a PyTorch DataLoader, a feature
             store) yields batches as they are, once per epoch.
-        progress : bool, default False
-            Show tqdm progress bars (widgets in a notebook with ipywidgets).
+        progress : bool or str, default False
+            Show tqdm progress bars (widgets in a notebook with ipywidgets);
+            a string names them (``"run 3"`` gives ``"run 3: EM 1/50"``).
             ``verbose`` is the older name of this argument.
         checkpoint : path, optional
             `save` to this file after every epoch.
@@ -532,7 +533,8 @@ class PriMaPsEM(WorkspaceOwner):
                 self.init_pca(it, progress=verbose)
         if self.warmup_epoch_ < self.warmup_epochs:
             while self.warmup_epoch_ < self.warmup_epochs:
-                self._warmup_epoch(src, it, verbose)
+                self._warmup_epoch(src, it, verbose,
+                                   f"K-means {self.warmup_epoch_ + 1}/{self.warmup_epochs}")
                 if self.warmup_epoch_ == self.warmup_epochs:
                     self._finish_warmup()
                 if checkpoint is not None:

@@ -1,4 +1,4 @@
-"""PriMaPs mask proposals (DESIGN.md 1.1) on the C core."""
+"""PriMaPs mask proposals (docs/method.md §1.1) on the C core."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def masks(
         The RGB images of the features, for ``crf``.
     crf : bool or DenseCRF, default False
         Refine the masks with the dense CRF at image resolution, as the
-        original pipeline does (DESIGN.md 1.1, 1.4): the logits
+        original pipeline does (docs/method.md §1.1, 1.4): the logits
         ``[b, M_1..M_n]`` are upsampled bilinearly to the images' size, the
         unary is ``-log max(softmax, 1e-5)``, the image goes in BGR order
         (the original's numbers: ``dense_crf(image[..., ::-1], logits,

@@ -1,6 +1,6 @@
 """Hungarian-matched evaluation of unsupervised segmentations.
 
-The protocol of PriMaPs, STEGO and their predecessors (DESIGN.md §1.3):
+The protocol of PriMaPs, STEGO and their predecessors (docs/method.md §1.3):
 accumulate one confusion matrix ``S[cluster, class]`` over the whole
 evaluation set (ground-truth labels outside ``[0, n_classes)`` are skipped),
 match clusters to classes with ONE global Hungarian assignment that

@@ -102,10 +102,15 @@ class UI:
         if self.messages:
             print(msg, file=sys.stderr, flush=True)
 
+    @property
+    def bars(self) -> bool:
+        """Whether progress bars are drawn."""
+        return not self.quiet and _is_tty(sys.stderr)
+
     def progress(self, total: Optional[int], desc: str):
         from ._training import progress_bar
 
-        return progress_bar(total, desc, not self.quiet and _is_tty(sys.stderr), "img")
+        return progress_bar(total, desc, self.bars, "img")
 
 
 class Paths:
@@ -670,6 +675,13 @@ class Batches:
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
+    def arrays(self, maps: str) -> Optional[tuple]:
+        """``(features, masks)`` ("masks") or ``(features, None)`` ("none")
+        when the store is held in memory, else None."""
+        if self.features is None:
+            return None
+        return (self.features, self.masks if maps == "masks" else None)
+
     def _tuple(self, feats: np.ndarray, masks: Optional[np.ndarray], ids) -> Any:
         if self.maps == "masks":
             return feats, masks
@@ -876,41 +888,37 @@ def _fit(cfg: Config, paths: Paths, ui: UI, restart: bool) -> dict:
                 f"{em.warmup_epochs + em.epochs} (K-means warm-up {em.warmup_epoch_}/"
                 f"{em.warmup_epochs}, EM {em.epoch_}/{em.epochs})")
     out["pca_seconds"] = round(time.perf_counter() - t, 3)
-    em.fit(train, verbose=False, checkpoint=paths.checkpoint)
+    # in memory, the arrays go to the estimator as they are, so that its own
+    # shuffle gives the numbers of em.fit((features, masks)) in Python
+    bars = ui.bars
+    em.fit(train.arrays("masks") or train, progress=bars and "PriMaPs-EM",
+           checkpoint=paths.checkpoint)
     em.save(paths.checkpoint)  # also when there are no epochs to run
     out["em"] = _summary(em, time.perf_counter() - t)
     if cfg.em.baseline:
         t = time.perf_counter()
         km = _estimator(cfg, K, warmup_epochs=cfg.em.warmup_epochs + cfg.em.epochs, epochs=0)
         km.provenance = provenance(cfg, store, "kmeans", None)
-        feats = Batches(store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(km, "baseline"),
-                        maps="features", in_memory=False)
-        feats.features = train.features  # shared when in memory
+        feats = train.features if train.features is not None else Batches(
+            store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(km, "baseline"),
+            maps="features", in_memory=False)
         km.init_pca(_pca_source(train), verbose=False)
-        km.warmup(feats, verbose=False)
+        km.warmup(feats, progress=bars and "baseline")
         km.save(paths.baseline)
         out["kmeans"] = _summary(km, time.perf_counter() - t)
     if cfg.em.ablation_no_masks:
         t = time.perf_counter()
         ab = _estimator(cfg, K)
         ab.provenance = provenance(cfg, store, "em_no_masks", None)
-        nomask = Batches(store, cfg.em.batch_size, cfg.run.seed, ui,
-                         _em_desc(ab, "EM without masks"), maps="none", in_memory=False) \
-            if train.features is None else _shared(train, _em_desc(ab, "EM without masks"))
+        nomask = train.arrays("none") or Batches(
+            store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(ab, "EM without masks"),
+            maps="none", in_memory=False)
         ab.init_pca(_pca_source(train), verbose=False)
-        ab.fit(nomask, verbose=False, label_size=size)
+        ab.fit(nomask, progress=bars and "EM without masks", label_size=size)
         ab.save(paths.ablation)
         out["em_no_masks"] = _summary(ab, time.perf_counter() - t)
     update_metrics(paths.metrics, "fit", out, ui)
     return out
-
-
-def _shared(train: Batches, desc: Callable[[], str]) -> Batches:
-    """Batches without masks over the in-memory features of `train`."""
-    b = Batches.__new__(Batches)
-    b.__dict__.update(train.__dict__)
-    b.maps, b.masks, b.desc, b.passes = "none", None, desc, 0
-    return b
 
 
 # ----------------------------------------------------------------- evaluate

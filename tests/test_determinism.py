@@ -1,4 +1,4 @@
-"""Determinism (DESIGN.md section 2):
+"""Determinism (the determinism rule):
 
 - mask maps (and their soft logits), pseudo labels, predictions, CRF
   marginals and metrics are bitwise identical for 1, 2 and 4 threads;

@@ -283,7 +283,7 @@ def test_thread_counts_agree(data, threads):
         threads(n)
         runs.append(small_em(seed=1).fit((F, masks), verbose=False))
     a, b = runs
-    # DESIGN.md asks for agreement within float32 rounding; the kernels give
+    # the contract is agreement within float32 rounding; the kernels give
     # the same bits for any thread count, so the runs agree exactly.
     for x, y in ((a.student_, b.student_), (a.teacher_, b.teacher_)):
         assert np.array_equal(x.v, y.v) and np.array_equal(x.g, y.g)

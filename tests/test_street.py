@@ -1,4 +1,4 @@
-"""The generated street scenes of the demo (DESIGN.md 1.6)."""
+"""The generated street scenes of the demo (docs/method.md §1.6)."""
 
 import numpy as np
 import pytest

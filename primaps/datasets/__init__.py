@@ -3,7 +3,7 @@
 ``primaps.datasets.synthetic`` generates seeded dense features with ground
 truth for benchmarks, tests and the demo.
 
-Loaders of the standard folders (DESIGN.md §1.5): :class:`Cityscapes`
+Loaders of the standard folders (docs/method.md §1.5): :class:`Cityscapes`
 (27 classes), :class:`CocoStuff` (27 coarse classes, curated lists) and
 :class:`Potsdam` (3 classes).  Items are ``(image, label)`` NumPy arrays under
 the evaluation :class:`Protocol` (short side resized, centre crop).

@@ -1,4 +1,4 @@
-"""Generated street scenes: dense features with ground truth (DESIGN.md 1.6).
+"""Generated street scenes: dense features with ground truth (docs/method.md §1.6).
 
 The embedded data of ``primaps demo``: no backbone and no download.  Every
 image is a street-scene layout at label resolution (sky on top, a skyline of

@@ -190,7 +190,7 @@ def predict(theta, F, size, bias=None):
 
 
 def ema_decay(j, beta):
-    """The warm-up schedule, as DESIGN.md 1.2 states it."""
+    """The warm-up schedule, as docs/method.md §1.2 states it."""
     return 0.0 if j <= 2 else min(beta, 1.0 - 1.0 / j)
 
 

@@ -1,4 +1,4 @@
-"""Twin of masks.c: DESIGN.md 1.1 in float64 NumPy, with an exact
+"""Twin of masks.c: docs/method.md §1.1 in float64 NumPy, with an exact
 eigendecomposition (numpy.linalg.eigh) of the covariance of U at every
 iteration, dense soft masks and a dense median filter."""
 
