@@ -97,6 +97,8 @@ def _suspect(shape: Sequence[int], single: bool) -> Tuple[Optional[str], bool]:
     if single and c in USUAL_CHANNELS and b >= 4 and c > a and (
             _square(b) or _square(b - 1)):
         return "tokens", True  # (B, N, C) tokens read as one (C, h, w) map
+    if single and b >= 17 and b > max(a, c) and (_square(b) or _square(b - 1)):
+        return "tokens", False  # tokens of a model with an unusual width
     return None, False
 
 

@@ -405,12 +405,20 @@ def _load_hf(path: Path) -> Tuple[str, Any]:
         family, cls, extra = "dinov2", transformers.Dinov2Model, {}
     else:
         raise ValueError(f"{path}: a {config.model_type!r} model, expected 'vit' (DINO) or 'dinov2'")
+    # a local folder loads at once: no "Loading weights" bar of transformers
+    # (the command line's --quiet would not silence it)
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
     try:
         model = cls.from_pretrained(
             path, local_files_only=True, attn_implementation="eager", **extra
         )
     except Exception as exc:
         raise ValueError(f"{path}: cannot load the model ({exc})") from exc
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     return family, model
 
 

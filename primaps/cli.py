@@ -257,7 +257,8 @@ def _text(command: str, cfg: Config, res: Dict[str, Any]) -> str:
             lines.append(demo_words(cfg, res))
         lines += ["", f"Files in {out}:",
                   _files(out, ["report.txt", "metrics.json", "panels.png", "confusion.png",
-                               "em.npz", "config.toml", "build_info.json"])]
+                               "em.npz", "kmeans.npz", "em_no_masks.npz", "config.toml",
+                               "build_info.json"])]
     else:
         lines += _summary_lines(command, res, out)
     lines.append(f"Done in {res['seconds_total']:.1f} s.")

@@ -7,7 +7,8 @@ environment's own install is left alone), puts that folder first on
 PYTHONPATH, preloads the compiler's AddressSanitizer runtime (Python itself
 is not instrumented) and runs pytest on tests/ without the tests marked
 ``rss`` (they assert on resident memory, which ASan's quarantine and shadow
-memory inflate; they run in the normal test run).  Leak detection is off:
+memory inflate) and ``docs`` (the README and notebooks executed, over code
+the other tests cover); both run in the normal test run.  Leak detection is off:
 CPython keeps its interned objects and arenas until exit, which LeakSanitizer
 would report.  UBSan stops at the first error.  Exits with pytest's status.
 """
@@ -83,10 +84,12 @@ def main(argv: list[str]) -> int:
         # source tree, without the sanitized build, first on sys.path)
         pytest = [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))"]
         # tests that measure resident memory are deselected: ASan's
-        # quarantine and shadow memory make RSS meaningless
+        # quarantine and shadow memory make RSS meaningless; so are the
+        # executions of the README and the notebooks (documentation checks
+        # over the code paths the other tests run here)
         paths = [str(Path(a).resolve()) for a in argv if not a.startswith("-") and Path(a.split("::")[0]).exists()]
         opts = [a for a in argv if a.startswith("-") or not Path(a.split("::")[0]).exists()]
-        cmd = pytest + ["-p", "no:cacheprovider", "-m", "not rss"] + opts + (paths or [str(REPO / "tests")])
+        cmd = pytest + ["-p", "no:cacheprovider", "-m", "not rss and not docs"] + opts + (paths or [str(REPO / "tests")])
         t0 = time.time()
         rc = subprocess.run(cmd, env=env, cwd=tmp).returncode
         print(f"run_asan: pytest under ASan + UBSan finished in {time.time() - t0:.0f} s "

@@ -201,3 +201,15 @@ def test_the_cli_callable_backbone_takes_the_configured_layout(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert FeatureStore(tmp_path / "r/features/train", mode="r").item_shape == (64, 8, 8)
+
+
+def test_tokens_of_a_model_of_unusual_width_warn():
+    """(B, N + 1, C) tokens of a small model (C = 48, not a usual width)
+    read as one (C, h, w) map: a warning, as a map of 65 rows could be real."""
+    x = RNG.standard_normal((48, 65, 48)).astype(np.float32)
+    with pytest.warns(LayoutWarning, match="layout='tokens'.*layout='nchw'"):
+        primaps.masks(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        primaps.masks(x, layout="nchw")
+        primaps.masks(RNG.standard_normal((64, 49, 49)).astype(np.float32))  # 7 x 7 x 7 rows
