@@ -27,8 +27,10 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).resolve().parent
 
-# Every C file of csrc/: the kernels and module.c, the one binding file.
-SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c"))
+# The kernels (csrc/*.c) and the binding files (csrc/bind/*.c), which alone
+# talk to Python.
+SOURCES = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.c")) + sorted(
+    str(p.relative_to(HERE)) for p in (HERE / "csrc" / "bind").glob("*.c"))
 
 WARNINGS = [
     "-Wall",
