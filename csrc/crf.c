@@ -43,718 +43,18 @@
  * marginals are bitwise identical for every thread count (and instruction
  * set: the AVX2 and baseline clones of the loops do the same IEEE
  * operations).
+ *
+ * The files: crf_lattice.c (the lattice and a kernel on it), crf_grid.c
+ * (the exact smoothness kernel), this file (the softmax, mean field and
+ * the entry points pm_dense_crf and pm_permutohedral_filter).
  */
-#define _DEFAULT_SOURCE /* madvise, posix_memalign */
-#include "primaps.h"
+#include "crf_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <omp.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
-/* Lattice keys: the first d coordinates of a vertex of the scaled lattice
- * (the last is minus their sum), 21 bits each with a bias, three per word. */
-#define LAT_MAX_D 6
-#define LAT_FIELD_BITS 21
-#define LAT_BIAS ((int64_t)1 << 20)
-/* Elevated coordinates beyond 2^19 in magnitude could leave the 21-bit
- * fields; such features (a theta far below a pixel) are refused. */
-#define LAT_MAX_COORD 524288.0
-
-/* Vertices numbered 1..M in order of first appearance: their keys and a
- * hash table from key to number.  A slot holds the upper 32 bits of the
- * key's hash above the vertex id (0: empty); only on equal hash bits are
- * the keys compared.  8-byte slots keep the table of a colour image's
- * lattice in the L2 cache: lookups that miss it were most of the cost. */
-typedef struct {
-    int64_t M;
-    uint64_t *keys;   /* (M+1, 2) packed key of each vertex                */
-    uint64_t *table;  /* open addressing, linear probing                   */
-    int64_t cap;      /* table slots, a power of two                       */
-    size_t sz_table, sz_keys; /* bytes                                     */
-} vtable;
-
-/* A lattice and the scratch of its construction.  Buffers only grow, so a
- * lattice rebuilt for every image of a batch allocates once per size. */
-typedef struct {
-    int d;
-    int64_t N, M;           /* points, vertices (ids 1..M; 0 = none)       */
-    int32_t *offset;        /* (N, d+1) vertex id of each enclosing vertex */
-    float *bary;            /* (N, d+1) barycentric weights                */
-    int32_t *rem0;          /* (N, d+1) construction scratch               */
-    int8_t *rank;           /* (N, d+1) construction scratch               */
-    int32_t *nbr;           /* (d+1, M+1, 2) blur neighbours, 0 = none     */
-    vtable tab;             /* the vertices; tab.M == M                    */
-    vtable side;            /* those of the second half of the points,
-                               numbered apart by a second thread           */
-    int32_t *map;           /* (side.M + 1) side numbers -> tab numbers    */
-    size_t sz_pts;          /* entries (N (d+1)) the point arrays hold     */
-    size_t sz_nbr, sz_map;  /* bytes                                       */
-} lattice;
-
-/* ------------------------------------------------------------------------ */
-/* Buffers                                                                  */
-/* ------------------------------------------------------------------------ */
-
-/* malloc for the big buffers: from 2 MiB up, aligned to 2 MiB and marked
- * for transparent huge pages where the kernel offers them on request.  The
- * lattice passes gather rows from all over multi-megabyte arrays; on 4 KiB
- * pages (under a hypervisor's nested paging above all) TLB misses and
- * first-touch page faults cost as much as the arithmetic.  Free with free. */
-#define PM_HUGE ((size_t)2 << 20)
-
-static void *big_malloc(size_t n)
-{
-    if (n < PM_HUGE) return malloc(n ? n : 1);
-    void *p = NULL;
-    const size_t rounded = (n + PM_HUGE - 1) & ~(PM_HUGE - 1);
-    if (posix_memalign(&p, PM_HUGE, rounded) != 0) return NULL;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, rounded, MADV_HUGEPAGE); /* a hint: failure is harmless */
-#endif
-    return p;
-}
-
-/* Makes *p hold at least `need` bytes; the old contents are dropped. */
-static int reserve(void **p, size_t *have, size_t need)
-{
-    if (need <= *have && *p) return PM_OK;
-    free(*p);
-    *p = big_malloc(need);
-    *have = *p ? need : 0;
-    return *p ? PM_OK : PM_ERR_NOMEM;
-}
-
-static void lattice_free(lattice *L)
-{
-    free(L->offset);
-    free(L->bary);
-    free(L->rem0);
-    free(L->rank);
-    free(L->nbr);
-    free(L->tab.keys);
-    free(L->tab.table);
-    free(L->side.keys);
-    free(L->side.table);
-    free(L->map);
-    memset(L, 0, sizeof *L);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Hash table of lattice vertices                                           */
-/* ------------------------------------------------------------------------ */
-
-static inline uint64_t key_hash(uint64_t k0, uint64_t k1)
-{
-    uint64_t h = k0 * 0x9E3779B97F4A7C15ull ^ (k1 + 0x632BE59BD9B4E019ull) *
-                                                  0xC2B2AE3D27D4EB4Full;
-    h ^= h >> 31;
-    h *= 0xD6E8FEB86659FD93ull;
-    h ^= h >> 32;
-    return h;
-}
-
-static inline int32_t table_find(const vtable *T, uint64_t k0, uint64_t k1)
-{
-    const uint64_t mask = (uint64_t)T->cap - 1, h = key_hash(k0, k1);
-    const uint64_t tag = h >> 32;
-    for (uint64_t at = h & mask;; at = (at + 1) & mask) {
-        const uint64_t s = T->table[at];
-        if (s == 0) return 0;
-        const int64_t id = (int64_t)(s & 0xFFFFFFFFu);
-        if (s >> 32 == tag && T->keys[2 * id] == k0 &&
-            T->keys[2 * id + 1] == k1)
-            return (int32_t)id;
-    }
-}
-
-/* Places vertex id (whose key is not in the table) into a free slot. */
-static inline void table_place(vtable *T, uint64_t k0, uint64_t k1,
-                               int32_t id)
-{
-    const uint64_t mask = (uint64_t)T->cap - 1, h = key_hash(k0, k1);
-    uint64_t at = h & mask;
-    while (T->table[at] != 0) at = (at + 1) & mask;
-    T->table[at] = (h >> 32) << 32 | (uint64_t)(uint32_t)id;
-}
-
-/* Sizes the table for `expect` vertices (load <= 1/4) and reinserts the
- * vertices 1..M already known.  It starts small and grows with the vertex
- * count. */
-static int table_resize(vtable *T, int64_t expect)
-{
-    int64_t cap = 4096;
-    while (cap < 4 * expect) cap *= 2;
-    if (reserve((void **)&T->table, &T->sz_table,
-                (size_t)cap * sizeof(uint64_t)) != PM_OK)
-        return PM_ERR_NOMEM;
-    T->cap = cap;
-    memset(T->table, 0, (size_t)cap * sizeof(uint64_t));
-    for (int64_t v = 1; v <= T->M; v++)
-        table_place(T, T->keys[2 * v], T->keys[2 * v + 1], (int32_t)v);
-    return PM_OK;
-}
-
-/* An empty table whose keys array holds up to `most` vertices. */
-static int table_init(vtable *T, int64_t most)
-{
-    T->M = 0;
-    if (reserve((void **)&T->keys, &T->sz_keys,
-                (size_t)(most + 1) * 2 * sizeof(uint64_t)) != PM_OK)
-        return PM_ERR_NOMEM;
-    return table_resize(T, 0);
-}
-
-/* The id of key (k0, k1), inserting it as vertex M+1 if new. */
-static inline int table_insert(vtable *T, uint64_t k0, uint64_t k1,
-                               int32_t *id)
-{
-    const uint64_t mask = (uint64_t)T->cap - 1, h = key_hash(k0, k1);
-    const uint64_t tag = h >> 32;
-    uint64_t at = h & mask;
-    for (;; at = (at + 1) & mask) {
-        const uint64_t s = T->table[at];
-        if (s == 0) break;
-        const int64_t v = (int64_t)(s & 0xFFFFFFFFu);
-        if (s >> 32 == tag && T->keys[2 * v] == k0 &&
-            T->keys[2 * v + 1] == k1) {
-            *id = (int32_t)v;
-            return PM_OK;
-        }
-    }
-    const int64_t v = ++T->M;
-    T->keys[2 * v] = k0;
-    T->keys[2 * v + 1] = k1;
-    *id = (int32_t)v;
-    if (2 * T->M > T->cap) return table_resize(T, T->M);
-    T->table[at] = tag << 32 | (uint64_t)v;
-    return PM_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Construction                                                             */
-/* ------------------------------------------------------------------------ */
-
-/*
- * Locates one point in the lattice (Adams et al. 2010, section 3.1).
- * f (d) is the point, already divided by the kernel's standard deviations;
- * sf[i] = sqrt(2/3) (d+1) / sqrt((i+1)(i+2)) scales it so that the blur
- * approximates a unit Gaussian.  Writes the nearest remainder-0 point rem0
- * (d+1), the rank of each coordinate's fractional part (d+1) and the
- * barycentric weights (d+1) of the enclosing simplex.  Returns 0, or 1 if
- * the point is not finite or too far out for the key fields.
- */
-static int lattice_locate(const float *f, int d, const double *sf,
-                          int32_t *rem0, int8_t *rank, float *bary)
-{
-    double el[LAT_MAX_D + 1], dif[LAT_MAX_D + 1], b[LAT_MAX_D + 2];
-    const int d1 = d + 1;
-    const double inv_d1 = 1.0 / d1;
-    /* Elevation onto the plane x . 1 = 0 of R^{d+1}. */
-    double sm = 0.0;
-    for (int j = d; j > 0; j--) {
-        const double cf = (double)f[j - 1] * sf[j - 1];
-        el[j] = sm - j * cf;
-        sm += cf;
-    }
-    el[0] = sm;
-    int sum = 0;
-    for (int i = 0; i <= d; i++) {
-        if (!(fabs(el[i]) < LAT_MAX_COORD)) return 1;
-        /* The nearest multiple of d+1 (ties down).  k is floor(el / d1)
-         * or one less near a multiple; either way the nearest of k d1 and
-         * (k+1) d1 is the nearest multiple. */
-        const double t = el[i] * inv_d1;
-        int32_t k = (int32_t)t;
-        k -= t < (double)k;
-        const double dn = (double)k * d1, up = dn + d1;
-        const int32_t q = (up - el[i] < el[i] - dn) ? k + 1 : k;
-        rem0[i] = q * d1;
-        sum += q;
-        dif[i] = el[i] - rem0[i];
-        rank[i] = 0;
-    }
-    /* Rank of each coordinate's offset from rem0, largest first (ties to
-     * the lower index). */
-    for (int i = 0; i < d; i++)
-        for (int j = i + 1; j <= d; j++) {
-            const int lt = dif[i] < dif[j];
-            rank[i] = (int8_t)(rank[i] + lt);
-            rank[j] = (int8_t)(rank[j] + !lt);
-        }
-    /* Back onto the plane if the rounded point left it. */
-    for (int i = 0; i <= d; i++) {
-        int rk = rank[i] + sum;
-        if (rk < 0) {
-            rk += d1;
-            rem0[i] += d1;
-        } else if (rk > d) {
-            rk -= d1;
-            rem0[i] -= d1;
-        }
-        rank[i] = (int8_t)rk;
-    }
-    for (int i = 0; i <= d + 1; i++) b[i] = 0.0;
-    for (int i = 0; i <= d; i++) {
-        const double v = (el[i] - rem0[i]) * inv_d1;
-        b[d - rank[i]] += v;
-        b[d - rank[i] + 1] -= v;
-    }
-    b[0] += 1.0 + b[d + 1];
-    for (int i = 0; i <= d; i++) bary[i] = (float)b[i];
-    return 0;
-}
-
-/* The packed key of the vertex of remainder r of a located point. */
-static inline void vertex_key(const int32_t *rem0, const int8_t *rank, int d,
-                              int r, uint64_t *k0, uint64_t *k1)
-{
-    uint64_t w[2] = {0, 0};
-    for (int i = 0; i < d; i++) {
-        const int64_t c = rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
-        w[i / 3] |= (uint64_t)(c + LAT_BIAS) << (LAT_FIELD_BITS * (i % 3));
-    }
-    *k0 = w[0];
-    *k1 = w[1];
-}
-
-/* Numbers in T the vertices of the located points [i0, i1) in order of
- * first appearance, writing their ids into L->offset.  A point in the
- * same simplex as its predecessor (neighbouring pixels of similar colour)
- * reuses its vertex ids. */
-static int number_range(const lattice *L, vtable *T, int64_t i0, int64_t i1)
-{
-    const int d = L->d, d1 = d + 1;
-    for (int64_t i = i0; i < i1; i++) {
-        const int32_t *rem = L->rem0 + i * d1;
-        const int8_t *rk = L->rank + i * d1;
-        int32_t *off = L->offset + i * d1;
-        if (i > i0 && !memcmp(rem, rem - d1, (size_t)d * sizeof(int32_t)) &&
-            !memcmp(rk, rk - d1, (size_t)d)) {
-            memcpy(off, off - d1, (size_t)d1 * sizeof(int32_t));
-            continue;
-        }
-        for (int r = 0; r <= d; r++) {
-            uint64_t k0, k1;
-            vertex_key(rem, rk, d, r, &k0, &k1);
-            const int st = table_insert(T, k0, k1, off + r);
-            if (st != PM_OK) return st;
-        }
-    }
-    return PM_OK;
-}
-
-/* Numbers the vertices of the located points in order of first appearance
- * (ids 1..M).  On several threads, a second thread numbers the second
- * half of the points apart while the first numbers the first half; then
- * the second half's vertices, in their own order of first appearance, get
- * the first half's id or the next new one, which is exactly the numbering
- * of one pass over all the points: the same lattice for any nt. */
-#define PM_SPLIT_MIN 4096
-static int number_vertices(lattice *L, int nt)
-{
-    const int64_t N = L->N, d1 = L->d + 1;
-    const int64_t mid = nt > 1 && N >= PM_SPLIT_MIN ? N / 2 : N;
-    /* At most N (d+1) vertices; pages past the ones used are never
-     * touched. */
-    if (table_init(&L->tab, N * d1) != PM_OK) return PM_ERR_NOMEM;
-    if (mid == N) {
-        const int st = number_range(L, &L->tab, 0, N);
-        L->M = L->tab.M;
-        return st;
-    }
-    if (table_init(&L->side, (N - mid) * d1) != PM_OK) return PM_ERR_NOMEM;
-    int st0 = PM_OK, st1 = PM_OK, next = 0;
-#pragma omp parallel num_threads(2)
-    for (;;) { /* the halves go to whichever thread is free */
-        const int h = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
-        if (h == 0) st0 = number_range(L, &L->tab, 0, mid);
-        if (h == 1) st1 = number_range(L, &L->side, mid, N);
-        if (h >= 1) break;
-    }
-    if (st0 != PM_OK) return st0;
-    if (st1 != PM_OK) return st1;
-    const vtable *S = &L->side;
-    if (reserve((void **)&L->map, &L->sz_map,
-                (size_t)(S->M + 1) * sizeof(int32_t)) != PM_OK)
-        return PM_ERR_NOMEM;
-    L->map[0] = 0;
-    for (int64_t u = 1; u <= S->M; u++) {
-        const int st = table_insert(&L->tab, S->keys[2 * u],
-                                    S->keys[2 * u + 1], &L->map[u]);
-        if (st != PM_OK) return st;
-    }
-    int32_t *off = L->offset;
-    const int32_t *map = L->map;
-#pragma omp parallel for schedule(dynamic, 8192) num_threads(nt)
-    for (int64_t e = mid * d1; e < N * d1; e++) off[e] = map[off[e]];
-    L->M = L->tab.M;
-    return PM_OK;
-}
-
-/* Builds the lattice of N points f (N, d) with nt threads (1 inside an
- * outer parallel region).  Returns PM_ERR_ARG for points out of range. */
-static int lattice_build(lattice *L, const float *f, int64_t N, int d, int nt)
-{
-    const int d1 = d + 1;
-    if (d < 1 || d > LAT_MAX_D || N < 1 || N > (int64_t)(INT32_MAX / d1 - 1))
-        return PM_ERR_ARG;
-    const size_t np = (size_t)N * (size_t)d1;
-    if (np > L->sz_pts || !L->offset) {
-        free(L->offset);
-        free(L->bary);
-        free(L->rem0);
-        free(L->rank);
-        L->offset = big_malloc(np * sizeof(int32_t));
-        L->bary = big_malloc(np * sizeof(float));
-        L->rem0 = big_malloc(np * sizeof(int32_t));
-        L->rank = big_malloc(np);
-        L->sz_pts = np;
-        if (!L->offset || !L->bary || !L->rem0 || !L->rank) {
-            lattice_free(L);
-            return PM_ERR_NOMEM;
-        }
-    }
-    L->d = d;
-    L->N = N;
-    L->M = 0;
-
-    double sf[LAT_MAX_D];
-    const double inv_std = sqrt(2.0 / 3.0) * d1;
-    for (int i = 0; i < d; i++)
-        sf[i] = inv_std / sqrt((double)(i + 1) * (i + 2));
-
-    /* 1. Locate every point (parallel, independent). */
-    int bad = 0;
-#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if (nt > 1) \
-    reduction(| : bad)
-    for (int64_t i = 0; i < N; i++)
-        bad |= lattice_locate(f + i * d, d, sf, L->rem0 + i * d1,
-                              L->rank + i * d1, L->bary + i * d1);
-    if (bad) return PM_ERR_ARG;
-    if (pm_interrupted()) return PM_ERR_INTERRUPTED;
-
-    /* 2. Number the vertices in order of first appearance. */
-    int st = number_vertices(L, nt);
-    if (st != PM_OK) return st;
-    if (pm_interrupted()) return PM_ERR_INTERRUPTED;
-    const int64_t M = L->M;
-
-    /* 3. Blur neighbours along each direction j: n1 = key + (d+1) e_j - 1,
-     * n2 = key - (d+1) e_j + 1 (e_d: the implied last coordinate), so n2 of
-     * n1(v) is v: look n1 up and fill n2 by inversion (a bijection, so no
-     * two threads write the same n2). */
-    if (reserve((void **)&L->nbr, &L->sz_nbr,
-                (size_t)d1 * (size_t)(M + 1) * 2 * sizeof(int32_t)) != PM_OK)
-        return PM_ERR_NOMEM;
-    uint64_t ones[2] = {0, 0};
-    for (int i = 0; i < d; i++)
-        ones[i / 3] += (uint64_t)1 << (LAT_FIELD_BITS * (i % 3));
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-#pragma omp for schedule(dynamic, 8192)
-        for (int64_t t = 0; t < (int64_t)d1 * (M + 1); t++) {
-            L->nbr[2 * t] = 0;
-            L->nbr[2 * t + 1] = 0;
-        }
-        for (int j = 0; j <= d; j++) {
-            uint64_t add[2] = {0, 0};
-            if (j < d)
-                add[j / 3] = (uint64_t)d1 << (LAT_FIELD_BITS * (j % 3));
-            int32_t *nb = L->nbr + (size_t)j * (size_t)(M + 1) * 2;
-#pragma omp for schedule(dynamic, 1024)
-            for (int64_t v = 1; v <= M; v++) {
-                const uint64_t k0 = L->tab.keys[2 * v] - ones[0] + add[0];
-                const uint64_t k1 = L->tab.keys[2 * v + 1] - ones[1] + add[1];
-                const int32_t n1 = table_find(&L->tab, k0, k1);
-                nb[2 * v] = n1;
-                if (n1) nb[2 * n1 + 1] = (int32_t)v;
-            }
-        }
-    }
-    return PM_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Filtering: splat, blur, slice on rows of P lanes                        */
-/* ------------------------------------------------------------------------ */
-
-/* The bodies take the row width P (a multiple of 4) as an argument and are
- * inlined into switches over the common widths, so that their inner loops
- * have constant trip counts and vectorise completely. */
-#define PM_INLINE static inline __attribute__((always_inline))
-
-/* The filtering loops are compiled twice, for AVX2 and for the baseline
- * (SSE2), and picked at load time.  Each lane's arithmetic is the same
- * sequence of IEEE operations in both (no FMA: -ffp-contract=off), so the
- * results are bitwise equal. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(PM_NO_CLONES)
-#define PM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PM_CLONES
-#endif
-
-/* Vectors of 4 and 8 lanes (GCC/Clang vector extensions): the loops over
- * a row's lanes are written with them, since the compiler does not
- * vectorise loops whose source and destination rows may alias.  Each
- * lane does the same IEEE operations as a scalar loop would. */
-typedef float pm_v4f __attribute__((vector_size(16)));
-typedef int32_t pm_v4i __attribute__((vector_size(16)));
-typedef float pm_v8f __attribute__((vector_size(32)));
-typedef int32_t pm_v8i __attribute__((vector_size(32)));
-
-/* Unaligned 8-lane loads and stores.  They are macros on an unaligned,
- * aliasing vector type: an 8-lane value passed to or returned from a
- * function has an ABI that depends on AVX (the baseline clones lack it). */
-typedef float pm_v8f_u
-    __attribute__((vector_size(32), aligned(4), may_alias));
-#define load8(p) (*(const pm_v8f_u *)(const void *)(p))
-#define store8(p, v) (*(pm_v8f_u *)(void *)(p) = (v))
-
-static inline pm_v4f load4(const float *p)
-{
-    pm_v4f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store4(float *p, pm_v4f v) { memcpy(p, &v, sizeof v); }
-
-/* Row operations on P lanes: 8 lanes at a time, then 4, then 1 (P = 1 for
- * the normalisation).  o += w s: */
-PM_INLINE void row_axpy(float *o, float w, const float *s, int64_t P)
-{
-    int64_t c = 0;
-    for (; c + 8 <= P; c += 8) store8(o + c, load8(o + c) + w * load8(s + c));
-    for (; c + 4 <= P; c += 4) store4(o + c, load4(o + c) + w * load4(s + c));
-    for (; c < P; c++) o[c] += w * s[c];
-}
-
-/* o = w s: */
-PM_INLINE void row_scale(float *o, float w, const float *s, int64_t P)
-{
-    int64_t c = 0;
-    for (; c + 8 <= P; c += 8) store8(o + c, w * load8(s + c));
-    for (; c + 4 <= P; c += 4) store4(o + c, w * load4(s + c));
-    for (; c < P; c++) o[c] = w * s[c];
-}
-
-/* o = s + 0.5 (a + b): */
-PM_INLINE void row_blur(float *o, const float *s, const float *a,
-                        const float *b, int64_t P)
-{
-    int64_t c = 0;
-    for (; c + 8 <= P; c += 8)
-        store8(o + c,
-               load8(s + c) + 0.5f * (load8(a + c) + load8(b + c)));
-    for (; c + 4 <= P; c += 4)
-        store4(o + c,
-               load4(s + c) + 0.5f * (load4(a + c) + load4(b + c)));
-    for (; c < P; c++) o[c] = s[c] + 0.5f * (a[c] + b[c]);
-}
-
-/* vals[v] = sum over the points i in [i0, i1) and corners r with
- * offset[i, r] = v of w[i, r] src[i], accumulated in pixel order;
- * (M+1, P), row 0 stays 0. */
-PM_INLINE void splat_body(const lattice *L, const float *w, const float *src,
-                          float *vals, int64_t i0, int64_t i1, int64_t P)
-{
-    const int d1 = L->d + 1;
-    memset(vals + P, 0, (size_t)(L->M * P) * sizeof(float));
-    for (int64_t i = i0; i < i1; i++) {
-        const float *s = src + i * P;
-        const int32_t *off = L->offset + i * d1;
-        const float *wi = w + i * d1;
-        for (int r = 0; r < d1; r++)
-            row_axpy(vals + (int64_t)off[r] * P, wi[r], s, P);
-    }
-}
-
-/* One pass of the [1/2, 1, 1/2] stencil along direction j, a -> b, for the
- * vertices [v0, v1). */
-PM_INLINE void blur_body(const lattice *L, int j, const float *a, float *b,
-                         int64_t v0, int64_t v1, int64_t P)
-{
-    const int32_t *nb = L->nbr + (size_t)j * (size_t)(L->M + 1) * 2;
-    for (int64_t v = v0; v < v1; v++) {
-        const float *s = a + v * P;
-        const float *n1 = a + (int64_t)nb[2 * v] * P;
-        const float *n2 = a + (int64_t)nb[2 * v + 1] * P;
-        row_blur(b + v * P, s, n1, n2, P);
-    }
-}
-
-/* dst[i - i0] = sum_r w[i, r] vals[offset[i, r]] for the points [i0, i1)
- * (dst holds the rows of those points only). */
-PM_INLINE void slice_body(const lattice *L, const float *w, const float *vals,
-                          float *dst, int64_t i0, int64_t i1, int64_t P)
-{
-    const int d1 = L->d + 1;
-    for (int64_t i = i0; i < i1; i++) {
-        float *o = dst + (i - i0) * P;
-        const int32_t *off = L->offset + i * d1;
-        const float *wi = w + i * d1;
-        row_scale(o, wi[0], vals + (int64_t)off[0] * P, P);
-        for (int r = 1; r < d1; r++)
-            row_axpy(o, wi[r], vals + (int64_t)off[r] * P, P);
-    }
-}
-
-#define PM_WIDTH_SWITCH(P, CALL)                                              \
-    switch (P) {                                                              \
-    case 1: CALL(1); break;                                                   \
-    case 4: CALL(4); break;                                                   \
-    case 8: CALL(8); break;                                                   \
-    case 12: CALL(12); break;                                                 \
-    case 16: CALL(16); break;                                                 \
-    case 20: CALL(20); break;                                                 \
-    case 24: CALL(24); break;                                                 \
-    case 28: CALL(28); break;                                                 \
-    case 32: CALL(32); break;                                                 \
-    default: CALL(P); break;                                                  \
-    }
-
-PM_CLONES static void lattice_splat(const lattice *L, const float *w,
-                                    const float *src, float *vals, int64_t i0,
-                                    int64_t i1, int64_t P)
-{
-#define PM_SPLAT(W) splat_body(L, w, src, vals, i0, i1, W)
-    PM_WIDTH_SWITCH(P, PM_SPLAT)
-#undef PM_SPLAT
-}
-
-/* a[v] += b[v] for the vertices 1..M. */
-PM_CLONES static void lattice_add(const lattice *L, float *a, const float *b,
-                                  int64_t P)
-{
-    for (int64_t k = P; k < (L->M + 1) * P; k++) a[k] += b[k];
-}
-
-PM_CLONES static void lattice_blur_pass(const lattice *L, int j,
-                                        const float *a, float *b, int64_t v0,
-                                        int64_t v1, int64_t P)
-{
-#define PM_BLUR(W) blur_body(L, j, a, b, v0, v1, W)
-    PM_WIDTH_SWITCH(P, PM_BLUR)
-#undef PM_BLUR
-}
-
-/* d+1 blur passes ping-ponging between a and b; returns the buffer that
- * holds the result.  Row 0 of both must be zero. */
-static float *lattice_blur(const lattice *L, float *a, float *b, int64_t P)
-{
-    for (int j = 0; j <= L->d; j++) {
-        lattice_blur_pass(L, j, a, b, 1, L->M + 1, P);
-        float *t = a;
-        a = b;
-        b = t;
-    }
-    return a;
-}
-
-PM_CLONES static void lattice_slice_range(const lattice *L, const float *w,
-                                          const float *vals, float *dst,
-                                          int64_t i0, int64_t i1, int64_t P)
-{
-#define PM_SLICE(W) slice_body(L, w, vals, dst, i0, i1, W)
-    PM_WIDTH_SWITCH(P, PM_SLICE)
-#undef PM_SLICE
-}
-
-static void lattice_slice(const lattice *L, const float *w, const float *vals,
-                          float *dst, int64_t P)
-{
-    lattice_slice_range(L, w, vals, dst, 0, L->N, P);
-}
-
-static float lattice_alpha(int d)
-{
-    return 1.0f / (1.0f + powf(2.0f, (float)-d));
-}
-
-/* ------------------------------------------------------------------------ */
-/* One Gaussian kernel of the CRF, normalised symmetrically                 */
-/* ------------------------------------------------------------------------ */
-
-typedef struct {
-    lattice lat;
-    float *splat_w; /* (N, d+1) norm_i * barycentric                       */
-    float *slice_w; /* (N, d+1) alpha * weight * norm_i * barycentric      */
-    float *feat;    /* (N, d) features                                     */
-    float *ones;    /* (N) and vertex buffers for the normalisation        */
-    float *va, *vb;
-    size_t sz_w, sz_slice, sz_feat, sz_ones, sz_v;
-} kernel;
-
-static void kernel_free(kernel *k)
-{
-    lattice_free(&k->lat);
-    free(k->splat_w);
-    free(k->slice_w);
-    free(k->feat);
-    free(k->ones);
-    free(k->va);
-    free(k->vb);
-    memset(k, 0, sizeof *k);
-}
-
-/* Makes the two vertex buffers hold (M+1) rows of P floats, row 0 zero. */
-static int reserve_vals(float **a, float **b, size_t *have, int64_t M,
-                        int64_t P)
-{
-    const size_t need = (size_t)(M + 1) * (size_t)P * sizeof(float);
-    if (need > *have || !*a || !*b) {
-        free(*a);
-        free(*b);
-        *a = big_malloc(need);
-        *b = big_malloc(need);
-        *have = (*a && *b) ? need : 0;
-        if (!*a || !*b) return PM_ERR_NOMEM;
-    }
-    memset(*a, 0, (size_t)P * sizeof(float));
-    memset(*b, 0, (size_t)P * sizeof(float));
-    return PM_OK;
-}
-
-/* Builds the lattice of k->feat (N, d) and the weights of
- * weight D^{-1/2} K D^{-1/2}, with D = diag(K 1) from the same lattice. */
-static int kernel_build(kernel *k, int64_t N, int d, float weight, int nt)
-{
-    int st = lattice_build(&k->lat, k->feat, N, d, nt);
-    if (st != PM_OK) return st;
-    const lattice *L = &k->lat;
-    const int64_t np = N * (d + 1);
-    if (reserve((void **)&k->splat_w, &k->sz_w, (size_t)np * sizeof(float)) ||
-        reserve((void **)&k->slice_w, &k->sz_slice,
-                (size_t)np * sizeof(float)) ||
-        reserve((void **)&k->ones, &k->sz_ones, (size_t)N * sizeof(float)))
-        return PM_ERR_NOMEM;
-    st = reserve_vals(&k->va, &k->vb, &k->sz_v, L->M, 1);
-    if (st != PM_OK) return st;
-    const float alpha = lattice_alpha(d);
-    /* K 1: splat ones, blur, slice with alpha. */
-    for (int64_t i = 0; i < N; i++) k->ones[i] = 1.0f;
-    for (int64_t e = 0; e < np; e++) k->slice_w[e] = alpha * L->bary[e];
-    lattice_splat(L, L->bary, k->ones, k->va, 0, N, 1);
-    const float *res = lattice_blur(L, k->va, k->vb, 1);
-    lattice_slice(L, k->slice_w, res, k->ones, 1);
-    /* norm = D^{-1/2} (densecrf adds 1e-20 under the root). */
-#pragma omp parallel for schedule(dynamic, 2048) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < N; i++) {
-        const float norm = (float)(1.0 / sqrt((double)k->ones[i] + 1e-20));
-        for (int r = 0; r <= d; r++) {
-            const int64_t e = i * (d + 1) + r;
-            k->splat_w[e] = norm * L->bary[e];
-            k->slice_w[e] = alpha * weight * norm * L->bary[e];
-        }
-    }
-    return PM_OK;
-}
 
 /* ------------------------------------------------------------------------ */
 /* exp for the softmax                                                      */
@@ -923,183 +223,6 @@ PM_CLONES static void energy_softmax_row(const float *u, float *a,
 }
 
 /* ------------------------------------------------------------------------ */
-/* The smoothness kernel, exactly, on the pixel grid                        */
-/* ------------------------------------------------------------------------ */
-
-/* A Gaussian of the positions alone is separable: K[i, j] = g(x_i - x_j)
- * g(y_i - y_j) with g(k) = exp(-k^2 / 2 theta^2), so D = diag(K 1) is
- * Sx(x) Sy(y) with Sx(x) = sum over the columns x' of g(x - x'), and
- * D^-1/2 K D^-1/2 = (Nx Gx Nx) (x) (Ny Gy Ny) with Nx = diag(Sx^-1/2).  The
- * message w D^-1/2 K D^-1/2 Q is a vertical then a horizontal filtering of
- * the pixel rows with per-position taps
- *     wv[y, k] = ny(y) g(k) ny(y + k),  wh[x, k] = w nx(x) g(k) nx(x + k),
- * |k| <= r, zero outside the image.  g is cut where it falls below e^-16
- * (1.1e-7 of its peak): r = floor(sqrt(32) theta).  This is the exact
- * kernel of the model (the lattice only approximates it: entries off by up
- * to 0.1 at theta = 1) and far cheaper at the widths in use: 2 (2r + 1)
- * multiply-adds per value, streaming through contiguous rows.  The cost
- * grows with theta, the lattice's falls: wider kernels use the lattice. */
-#define PM_GRID_MAX_THETA 4.0f
-
-typedef struct {
-    int64_t H, W;
-    int r;
-    float theta, weight;
-    float *wv, *wh; /* (H, 2r+1) and (W, 2r+1) taps                         */
-    double *norm;   /* (H + W) scratch                                      */
-    size_t sz_w, sz_norm;
-    int valid;
-} grid_kernel;
-
-static void grid_free(grid_kernel *g)
-{
-    free(g->wv);
-    free(g->norm);
-    memset(g, 0, sizeof *g);
-}
-
-static int grid_radius(float theta)
-{
-    return (int)floor(sqrt(32.0) * (double)theta);
-}
-
-/* Taps of one axis of n positions: w[x, k + r] = scale nx(x) g(k) nx(x + k)
- * (0 off the axis); nrm (n) is scratch. */
-static void grid_axis(float *w, double *nrm, int64_t n, int r, double theta,
-                      double scale)
-{
-    const int taps = 2 * r + 1;
-    const double c = -0.5 / (theta * theta);
-    for (int64_t x = 0; x < n; x++) {
-        double sum = 0.0;
-        for (int k = -r; k <= r; k++)
-            if (x + k >= 0 && x + k < n) sum += exp(c * k * k);
-        nrm[x] = 1.0 / sqrt(sum);
-    }
-    for (int64_t x = 0; x < n; x++)
-        for (int k = -r; k <= r; k++)
-            w[x * taps + k + r] =
-                x + k >= 0 && x + k < n
-                    ? (float)(scale * nrm[x] * exp(c * k * k) * nrm[x + k])
-                    : 0.0f;
-}
-
-/* Makes g hold the taps for an H x W image, theta and weight. */
-static int grid_build(grid_kernel *g, int64_t H, int64_t W, float theta,
-                      float weight)
-{
-    if (g->valid && g->H == H && g->W == W && g->theta == theta &&
-        g->weight == weight)
-        return PM_OK;
-    g->valid = 0;
-    const int r = grid_radius(theta);
-    const size_t taps = (size_t)(2 * r + 1);
-    if (reserve((void **)&g->wv, &g->sz_w,
-                (size_t)(H + W) * taps * sizeof(float)) ||
-        reserve((void **)&g->norm, &g->sz_norm,
-                (size_t)(H > W ? H : W) * sizeof(double)))
-        return PM_ERR_NOMEM;
-    g->wh = g->wv + (size_t)H * taps;
-    grid_axis(g->wv, g->norm, H, r, theta, 1.0);
-    grid_axis(g->wh, g->norm, W, r, theta, weight);
-    g->H = H;
-    g->W = W;
-    g->r = r;
-    g->theta = theta;
-    g->weight = weight;
-    g->valid = 1;
-    return PM_OK;
-}
-
-/* out[x] = sum_k wh[x, k] line[x + k] for the W pixels of a row; line
- * holds r zero rows before and after the W pixel rows of P lanes.  The sums
- * run in vector registers, 8 lanes at a time then 4, up to 32 lanes per
- * pass over the row, k in order. */
-PM_INLINE void grid_horizontal_body(const float *line, const float *wh,
-                                    int taps, float *out, int64_t W,
-                                    int64_t P)
-{
-    for (int64_t c0 = 0; c0 < P; c0 += 32) {
-        const int64_t n = P - c0 < 32 ? P - c0 : 32;
-        const int64_t n8 = n / 8, n4 = (n % 8) / 4;
-        for (int64_t x = 0; x < W; x++) {
-            const float *w = wh + x * taps, *s = line + x * P + c0;
-            pm_v8f a8[4];
-            pm_v4f a4 = {0.0f};
-            for (int64_t v = 0; v < n8; v++) a8[v] = w[0] * load8(s + 8 * v);
-            if (n4) a4 = w[0] * load4(s + 8 * n8);
-            for (int k = 1; k < taps; k++) {
-                const float wk = w[k];
-                const float *sk = s + k * P;
-                for (int64_t v = 0; v < n8; v++) a8[v] += wk * load8(sk + 8 * v);
-                if (n4) a4 += wk * load4(sk + 8 * n8);
-            }
-            float *o = out + x * P + c0;
-            for (int64_t v = 0; v < n8; v++) store8(o + 8 * v, a8[v]);
-            if (n4) store4(o + 8 * n8, a4);
-        }
-    }
-}
-
-/* dst[i] = sum_k w[k] src[k * stride + i] over k = 0..nk-1 (in order)
- * for the 32 values of a block, in four 8-lane registers. */
-#define PM_VBLOCK 32
-PM_INLINE void grid_vertical_block(const float *src, int64_t stride,
-                                   const float *w, int nk, float *dst)
-{
-    pm_v8f a0 = w[0] * load8(src), a1 = w[0] * load8(src + 8);
-    pm_v8f a2 = w[0] * load8(src + 16), a3 = w[0] * load8(src + 24);
-    for (int k = 1; k < nk; k++) {
-        const float wk = w[k];
-        const float *sk = src + k * stride;
-        a0 += wk * load8(sk);
-        a1 += wk * load8(sk + 8);
-        a2 += wk * load8(sk + 16);
-        a3 += wk * load8(sk + 24);
-    }
-    store8(dst, a0);
-    store8(dst + 8, a1);
-    store8(dst + 16, a2);
-    store8(dst + 24, a3);
-}
-
-/* The same for the last values of a row (n a multiple of 4, under 32). */
-PM_INLINE void grid_vertical_tail(const float *src, int64_t stride,
-                                  const float *w, int nk, float *dst,
-                                  int64_t n)
-{
-    for (int64_t c = 0; c < n; c += 4) {
-        pm_v4f a = w[0] * load4(src + c);
-        for (int k = 1; k < nk; k++) a += w[k] * load4(src + k * stride + c);
-        store4(dst + c, a);
-    }
-}
-
-/* The smoothness message of image row y into out (W, P): the rows of q
- * within r of y weighted into line (vertical), then filtered along the row
- * (horizontal).  line: (W + 2r, P) scratch whose first and last r rows
- * are zero. */
-PM_CLONES static void grid_message_row(const grid_kernel *g, const float *q,
-                                       float *line, float *out, int64_t y,
-                                       int64_t P)
-{
-    const int r = g->r, taps = 2 * r + 1;
-    const int64_t W = g->W, n = W * P;
-    const int k0 = y < r ? (int)-y : -r;
-    const int k1 = g->H - 1 - y < r ? (int)(g->H - 1 - y) : r;
-    const float *wv = g->wv + y * taps + k0 + r, *src = q + (y + k0) * n;
-    float *s = line + (int64_t)r * P;
-    int64_t i = 0;
-    for (; i + PM_VBLOCK <= n; i += PM_VBLOCK)
-        grid_vertical_block(src + i, n, wv, k1 - k0 + 1, s + i);
-    grid_vertical_tail(src + i, n, wv, k1 - k0 + 1, s + i, n - i);
-    const float *wh = g->wh;
-#define PM_HORIZ(PW) grid_horizontal_body(line, wh, taps, out, W, PW)
-    PM_WIDTH_SWITCH(P, PM_HORIZ)
-#undef PM_HORIZ
-}
-
-/* ------------------------------------------------------------------------ */
 /* Mean-field inference                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -1142,9 +265,9 @@ static int vals_reserve(lattice_vals *v, int64_t M, int64_t P)
     const size_t need = (size_t)(M + 1) * (size_t)P * sizeof(float);
     if (need > v->sz || !v->a || !v->b || !v->c) {
         vals_free(v);
-        v->a = big_malloc(need);
-        v->b = big_malloc(need);
-        v->c = big_malloc(need);
+        v->a = pm_crf_malloc(need);
+        v->b = pm_crf_malloc(need);
+        v->c = pm_crf_malloc(need);
         if (!v->a || !v->b || !v->c) {
             vals_free(v);
             return PM_ERR_NOMEM;
@@ -1159,7 +282,7 @@ static int vals_reserve(lattice_vals *v, int64_t M, int64_t P)
 
 static void workspace_free(workspace *ws)
 {
-    kernel_free(&ws->app);
+    pm_kernel_free(&ws->app);
     free(ws->negu);
     vals_free(&ws->vapp);
     vals_free(&ws->vsmooth);
@@ -1173,7 +296,8 @@ static int workspace_rows(workspace *ws, int64_t N, int64_t W, int64_t Lp,
                           int r, int nt)
 {
     const size_t row = (size_t)N * (size_t)Lp;
-    if (reserve((void **)&ws->negu, &ws->sz_rows, 4 * row * sizeof(float)))
+    if (pm_crf_reserve((void **)&ws->negu, &ws->sz_rows,
+                       4 * row * sizeof(float)))
         return PM_ERR_NOMEM;
     ws->q = ws->negu + row;
     ws->q1 = ws->q + row;
@@ -1181,7 +305,7 @@ static int workspace_rows(workspace *ws, int64_t N, int64_t W, int64_t Lp,
     /* 16-float (64-byte) multiples keep the threads' rows apart. */
     const int64_t stride = ((3 * W + 2 * r) * Lp + 15) & ~(int64_t)15;
     const size_t bytes = (size_t)stride * (size_t)nt * sizeof(float);
-    if (reserve((void **)&ws->rows, &ws->sz_scratch, bytes))
+    if (pm_crf_reserve((void **)&ws->rows, &ws->sz_scratch, bytes))
         return PM_ERR_NOMEM;
     memset(ws->rows, 0, bytes);
     ws->rows_stride = stride;
@@ -1281,16 +405,16 @@ static void splat_half(const kernel *k, const float *q, lattice_vals *v,
                        int h, int64_t P)
 {
     const int64_t N = k->lat.N, mid = N / 2;
-    lattice_splat(&k->lat, k->splat_w, q, h ? v->c : v->a, h ? mid : 0,
-                  h ? N : mid, P);
+    pm_lattice_splat(&k->lat, k->splat_w, q, h ? v->c : v->a, h ? mid : 0,
+                     h ? N : mid, P);
 }
 
 /* The sum of the two halves' splats, blurred; returns the buffer holding
  * the result. */
 static const float *add_blur(const kernel *k, lattice_vals *v, int64_t P)
 {
-    lattice_add(&k->lat, v->a, v->c, P);
-    return lattice_blur(&k->lat, v->a, v->b, P);
+    pm_lattice_add(&k->lat, v->a, v->c, P);
+    return pm_lattice_blur(&k->lat, v->a, v->b, P);
 }
 
 /* The new marginals qn of image row y from q: energies -U + smoothness +
@@ -1311,13 +435,13 @@ static void update_row(const workspace *ws, const kernels *ks,
     if (ks->grid && pre)
         er = ws->m1 + i0 * P;
     else if (ks->grid)
-        grid_message_row(ks->grid, q, line, e, y, P);
+        pm_grid_message_row(ks->grid, q, line, e, y, P);
     else if (ks->smooth)
-        lattice_slice_range(&ks->smooth->lat, ks->smooth->slice_w, svals, e,
-                            i0, i0 + W, P);
+        pm_lattice_slice_range(&ks->smooth->lat, ks->smooth->slice_w, svals, e,
+                               i0, i0 + W, P);
     if (has_a)
-        lattice_slice_range(&ks->app->lat, ks->app->slice_w, avals, a, i0,
-                            i0 + W, P);
+        pm_lattice_slice_range(&ks->app->lat, ks->app->slice_w, avals, a, i0,
+                               i0 + W, P);
     energy_softmax_row(ws->negu + i0 * P, er, a, qn + i0 * P, W, P, has_s,
                        has_a);
 }
@@ -1362,7 +486,7 @@ static void grid_rows(const workspace *ws, const grid_kernel *g,
         if (y0 >= g->H) return;
         const int64_t y1 = y0 + PM_ROW_BLOCK < g->H ? y0 + PM_ROW_BLOCK : g->H;
         for (int64_t y = y0; y < y1; y++)
-            grid_message_row(g, q, scratch, ws->m1 + y * g->W * P, y, P);
+            pm_grid_message_row(g, q, scratch, ws->m1 + y * g->W * P, y, P);
     }
 }
 
@@ -1467,15 +591,15 @@ static int crf_image(workspace *ws, kernels ks, const uint8_t *img,
     ks.app = NULL;
     if (run && p->appearance_weight != 0.0f) {
         kernel *k = &ws->app;
-        if (reserve((void **)&k->feat, &k->sz_feat,
-                    (size_t)N * 5 * sizeof(float)) != PM_OK)
+        if (pm_crf_reserve((void **)&k->feat, &k->sz_feat,
+                           (size_t)N * 5 * sizeof(float)) != PM_OK)
             return PM_ERR_NOMEM;
         position_features(k->feat, H, W, p->appearance_theta_xy, 5);
         for (int64_t i = 0; i < N; i++)
             for (int c = 0; c < 3; c++)
                 k->feat[i * 5 + 2 + c] =
                     (float)img[i * 3 + c] / p->appearance_theta_rgb;
-        st = kernel_build(k, N, 5, p->appearance_weight, nt);
+        st = pm_kernel_build(k, N, 5, p->appearance_weight, nt);
         if (st != PM_OK) return st;
         if (pm_interrupted()) return PM_ERR_INTERRUPTED;
         ks.app = k;
@@ -1518,8 +642,8 @@ pm_crf_ctx *pm_crf_ctx_new(void) { return calloc(1, sizeof(pm_crf_ctx)); }
 void pm_crf_ctx_free(pm_crf_ctx *ctx)
 {
     if (!ctx) return;
-    kernel_free(&ctx->smooth);
-    grid_free(&ctx->grid);
+    pm_kernel_free(&ctx->smooth);
+    pm_grid_free(&ctx->grid);
     for (int t = 0; t < ctx->nws; t++) workspace_free(&ctx->ws[t]);
     free(ctx->ws);
     free(ctx);
@@ -1562,10 +686,11 @@ static int smooth_kernel(pm_crf_ctx *ctx, int64_t H, int64_t W,
     ctx->smooth_valid = 0;
     const int64_t N = H * W;
     kernel *k = &ctx->smooth;
-    if (reserve((void **)&k->feat, &k->sz_feat, (size_t)N * 2 * sizeof(float)))
+    if (pm_crf_reserve((void **)&k->feat, &k->sz_feat,
+                       (size_t)N * 2 * sizeof(float)))
         return PM_ERR_NOMEM;
     position_features(k->feat, H, W, p->smoothness_theta_xy, 2);
-    int st = kernel_build(k, N, 2, p->smoothness_weight, nt);
+    int st = pm_kernel_build(k, N, 2, p->smoothness_weight, nt);
     if (st != PM_OK) return st;
     ctx->smooth_h = H;
     ctx->smooth_w = W;
@@ -1586,8 +711,8 @@ static int crf_run(pm_crf_ctx *ctx, const uint8_t *images, const float *logits,
     kernels ks = {NULL, NULL, NULL};
     if (run && p->smoothness_weight != 0.0f) {
         if (p->smoothness_theta_xy <= PM_GRID_MAX_THETA) {
-            if (grid_build(&ctx->grid, H, W, p->smoothness_theta_xy,
-                           p->smoothness_weight) != PM_OK)
+            if (pm_grid_build(&ctx->grid, H, W, p->smoothness_theta_xy,
+                              p->smoothness_weight) != PM_OK)
                 return PM_ERR_NOMEM;
             ks.grid = &ctx->grid;
         } else {
@@ -1664,22 +789,22 @@ int pm_permutohedral_filter(const float *features, const float *values,
     float *va = NULL, *vb = NULL, *w = NULL, *row = NULL;
     size_t vsz = 0;
     const int64_t P = (V + 3) & ~(int64_t)3;
-    int st = lattice_build(&L, features, N, d, pm_get_num_threads());
-    if (st == PM_OK) st = reserve_vals(&va, &vb, &vsz, L.M, P);
+    int st = pm_lattice_build(&L, features, N, d, pm_get_num_threads());
+    if (st == PM_OK) st = pm_reserve_vals(&va, &vb, &vsz, L.M, P);
     if (st == PM_OK) {
         w = malloc((size_t)N * (size_t)(d + 1) * sizeof(float));
         row = malloc((size_t)N * (size_t)P * sizeof(float));
         if (!w || !row) st = PM_ERR_NOMEM;
     }
     if (st == PM_OK) {
-        const float alpha = lattice_alpha(d);
+        const float alpha = pm_lattice_alpha(d);
         for (int64_t e = 0; e < N * (d + 1); e++) w[e] = alpha * L.bary[e];
         for (int64_t i = 0; i < N; i++)
             for (int64_t c = 0; c < P; c++)
                 row[i * P + c] = c < V ? values[i * V + c] : 0.0f;
-        lattice_splat(&L, L.bary, row, va, 0, N, P);
-        const float *res = lattice_blur(&L, va, vb, P);
-        lattice_slice(&L, w, res, row, P);
+        pm_lattice_splat(&L, L.bary, row, va, 0, N, P);
+        const float *res = pm_lattice_blur(&L, va, vb, P);
+        pm_lattice_slice(&L, w, res, row, P);
         for (int64_t i = 0; i < N; i++)
             for (int64_t c = 0; c < V; c++) out[i * V + c] = row[i * P + c];
     }
@@ -1687,6 +812,6 @@ int pm_permutohedral_filter(const float *features, const float *values,
     free(row);
     free(va);
     free(vb);
-    lattice_free(&L);
+    pm_lattice_free(&L);
     return st;
 }

@@ -1,438 +1,35 @@
 /*
- * em.c -- PriMaPs-EM and the linear probe: cosine K-means, the focal loss
- * with its gradient, teacher pseudo labels, prediction.
+ * em.c -- PriMaPs-EM and the linear probe: weight norm, cosine K-means,
+ * the focal loss with its gradient, teacher pseudo labels, the EM step,
+ * the probe and prediction.  The recipe and its derivations are in
+ * docs/method.md, section 1.2; the gradients are derived where they are
+ * computed below.
  *
  * The pieces, composed by the estimators (pm_em_step, pm_kmeans_*,
  * pm_probe_*, pm_predict):
  *
  *   weight norm       theta = g v / ||v||                 pm_weightnorm_*
  *   logits            Z[b] = theta F[b] (+ bias)           pm_logits_*
- *                     oneDNN matmul, one image per task
+ *                     oneDNN matmul, one image per task    (em_dnnl.c)
  *   label resolution  softmax / CE / argmax of the         pm_label_*
- *                     bilinearly upsampled Z, fused and tiled
+ *                     bilinearly upsampled Z, fused and    (em_label.c)
+ *                     tiled
  *
- * The resolution trick.  The original upsamples the C-channel features to
- * the label size and applies the 1x1 convolution there.  Bilinear
- * interpolation is linear and acts on every channel alike, so it commutes
- * with the per-pixel linear map: up(theta F) = theta up(F) (and a bias
- * passes through because the interpolation weights sum to 1).  The logits
- * are therefore computed at feature resolution (K x h x w, one GEMM per
- * image) and only those K channels are upsampled; softmax, the class
- * confidences, the loss and every argmax are taken at label resolution on
- * the numbers the original computes, up to the order of float rounding.  The gradient flows back
- * through the transpose of the interpolation to the low-resolution logits,
- * and from there through the GEMM.  Work at label resolution drops by C/K
- * (384/27 = 14x for DINO ViT-S/8 on Cityscapes), and no (B, K, H, W) tensor
- * is ever held: the fused kernels walk fixed bands of output rows.
- *
- * Softmax: hand-written, not oneDNN's softmax primitive.  The softmax over
- * K classes is one step of a chain per tile row (interpolate, max, exp, sum,
- * then either accumulate the probabilities or form the loss and gradient and
- * push it through the adjoint) whose intermediates stay in L1/L2.  oneDNN
- * 3.2's softmax, measured on this project's machine (one thread, K = 27):
- * over the classes of a (K, pixels) tile -- our layout, vectorised over
- * pixels -- it falls back to the reference implementation, ~200 ns per
- * value; on a (pixels, K) tile it is JIT-compiled but still ~2.2 ns per
- * value, a K of 27 filling its vectors badly, plus ~4 us per call, and the
- * interpolated tile would have to be written out and read back.  The fused
- * row kernels below take ~1 ns per value for interpolation, softmax and
- * accumulation together.  The exp and log are vectorisable polynomials
- * (relative error about 1e-7), and the row loops are compiled for AVX-512,
- * AVX with FMA and baseline x86-64 (target_clones) with the clone picked at
- * load time; every clone computes the same per-element operations in the
- * same order, so all give the same bits.
- *
- * Determinism.  oneDNN primitives are created for one thread and executed
- * one image per task inside our pool; per-image weight gradients are summed
- * in image order.  The label-resolution kernels split every image into bands
- * of PM_BAND_ROWS output rows, whatever the thread count; each band keeps
- * its own partial sums and gradient rows, merged in band order afterwards.
- * So every result is bitwise identical for any number of threads.
+ * Every piece is bitwise identical for any thread count, so the
+ * compositions here are too.
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "primaps.h"
+#include "em_internal.h"
 
 #include <math.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <oneapi/dnnl/dnnl.h>
-
-/* Output rows per band of the label-resolution kernels: small enough for
- * parallel slack on one image, large enough that the interpolated
- * low-resolution rows (about PM_BAND_ROWS * h / H + 2 of them) are reused. */
-#define PM_BAND_ROWS 64
 /* Images per group in pm_predict (bounds the low-resolution logits). */
 #define PM_PREDICT_GROUP 32
-#define PM_MM_CACHE 8
-/* Pixels of a row segment: its K x PM_SEG softmax tiles stay in L1. */
-#define PM_SEG 64
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PM_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
-#else
-#define PM_CLONES
-#endif
-
-#define DNNL_TRY(call)                                                      \
-    do {                                                                    \
-        if ((call) != dnnl_success) {                                       \
-            st = PM_ERR_DNNL;                                               \
-            goto done;                                                      \
-        }                                                                   \
-    } while (0)
-
-/* ======================================================================== */
-/* exp and log as vectorisable polynomials                                  */
-/* ======================================================================== */
-
-/* exp(x) for x <= 0 (softmax arguments z - max z): x = n ln2 + r with
- * |r| <= ln2/2, exp(r) by the degree-6 minimax polynomial of Cephes' expf,
- * 2^n built in the exponent field.  Below -87 the result (< 2e-38) is
- * flushed to exp(-87), which no sum of K >= 1 terms containing a 1 notices.
- * fmaf is exactly rounded wherever it runs (an FMA instruction in the
- * AVX-512 and FMA clones, libm otherwise), so every clone gives the same
- * bits. */
-static inline float pm_exp_neg(float x)
-{
-    x = x > -87.0f ? x : -87.0f;
-    /* Round x / ln2 to the nearest integer: adding 1.5 * 2^23 leaves no
-     * fraction bits; exact because |x / ln2| < 2^22. */
-    float n = fmaf(x, 1.44269504088896341f, 12582912.0f);
-    n -= 12582912.0f;
-    float r = fmaf(n, -0.693359375f, x); /* ln2 in two parts */
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &e, sizeof s);
-    return p * s;
-}
-
-/* log(x) for a positive normal float (softmax denominators, in [1, K]):
- * x = m 2^k with m in [sqrt(1/2), sqrt(2)), f = m - 1, s = f / (2 + f),
- * log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), R the fdlibm/musl logf
- * minimax polynomial. */
-static inline float pm_log_pos(float x)
-{
-    int32_t ix;
-    memcpy(&ix, &x, sizeof ix);
-    ix += 0x3f800000 - 0x3f3504f3;
-    const float k = (float)((ix >> 23) - 0x7f);
-    ix = (ix & 0x007fffff) + 0x3f3504f3;
-    float m;
-    memcpy(&m, &ix, sizeof m);
-    const float f = m - 1.0f;
-    const float s = f / (2.0f + f);
-    const float z = s * s, w = z * z;
-    const float t1 = w * (0.40000972152f + w * 0.24279078841f);
-    const float t2 = z * (0.66666662693f + w * 0.28498786688f);
-    const float hfsq = 0.5f * f * f;
-    return s * (hfsq + t2 + t1) + k * 9.0580006145e-06f - hfsq + f +
-           k * 6.9313812256e-01f;
-}
-
-/* ======================================================================== */
-/* Workspace                                                                */
-/* ======================================================================== */
-
-typedef struct {
-    void *p;
-    size_t cap;
-} pm_buf;
-
-typedef struct {
-    int trans_b; /* weights stored transposed ("ba") */
-    int64_t M, Kd, N;
-    dnnl_primitive_desc_t pd;
-    dnnl_primitive_t prim;
-    size_t scratch;
-} mm_entry;
-
-struct pm_em_ws {
-    pthread_mutex_t lock;
-    dnnl_engine_t engine;
-    mm_entry mm[PM_MM_CACHE];
-    int n_mm, evict;
-    pm_buf z, dz, pseudo, part, dpart, thread, scratch, small, maps;
-};
-
-static int buf_reserve(pm_buf *b, size_t bytes)
-{
-    if (bytes == 0) bytes = 64;
-    if (b->cap >= bytes) return PM_OK;
-    free(b->p);
-    b->p = NULL;
-    b->cap = 0;
-    bytes = (bytes + 63) & ~(size_t)63;
-    if (posix_memalign(&b->p, 64, bytes) != 0) {
-        b->p = NULL;
-        return PM_ERR_NOMEM;
-    }
-    b->cap = bytes;
-    return PM_OK;
-}
-
-int pm_em_ws_create(pm_em_ws **out)
-{
-    if (!out) return PM_ERR_ARG;
-    *out = NULL;
-    pm_em_ws *ws = calloc(1, sizeof *ws);
-    if (!ws) return PM_ERR_NOMEM;
-    if (pthread_mutex_init(&ws->lock, NULL) != 0) {
-        free(ws);
-        return PM_ERR_INTERNAL;
-    }
-    if (dnnl_engine_create(&ws->engine, dnnl_cpu, 0) != dnnl_success) {
-        pthread_mutex_destroy(&ws->lock);
-        free(ws);
-        return PM_ERR_DNNL;
-    }
-    *out = ws;
-    return PM_OK;
-}
-
-static void mm_entry_clear(mm_entry *e)
-{
-    if (e->prim) dnnl_primitive_destroy(e->prim);
-    if (e->pd) dnnl_primitive_desc_destroy(e->pd);
-    memset(e, 0, sizeof *e);
-}
-
-void pm_em_ws_free(pm_em_ws *ws)
-{
-    if (!ws) return;
-    for (int i = 0; i < ws->n_mm; i++) mm_entry_clear(&ws->mm[i]);
-    pm_buf *bufs[] = {&ws->z,     &ws->dz,      &ws->pseudo,
-                      &ws->part,  &ws->dpart,   &ws->thread,
-                      &ws->scratch, &ws->small, &ws->maps};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]->p);
-    dnnl_engine_destroy(ws->engine);
-    pthread_mutex_destroy(&ws->lock);
-    free(ws);
-}
-
-void pm_em_ws_lock(pm_em_ws *ws) { pthread_mutex_lock(&ws->lock); }
-void pm_em_ws_unlock(pm_em_ws *ws) { pthread_mutex_unlock(&ws->lock); }
-
-size_t pm_em_ws_bytes(const pm_em_ws *ws)
-{
-    if (!ws) return 0;
-    return ws->z.cap + ws->dz.cap + ws->pseudo.cap + ws->part.cap +
-           ws->dpart.cap + ws->thread.cap + ws->scratch.cap + ws->small.cap +
-           ws->maps.cap;
-}
-
-/* ======================================================================== */
-/* oneDNN matmul, one image per task                                        */
-/* ======================================================================== */
-
-/* The primitive for dst (M x N) = src (M x Kd) . wei (Kd x N), all f32 and
- * row-major, wei optionally stored transposed; created once per shape.  It
- * is created while the calling thread's pool size is 1, so that oneDNN
- * plans it for one thread (no split of the reduction): it then runs inside
- * our parallel loops, one image per task, and computes the same bits
- * whatever the pool size. */
-static int mm_get(pm_em_ws *ws, int trans_b, int64_t M, int64_t Kd, int64_t N,
-                  mm_entry **out)
-{
-    for (int i = 0; i < ws->n_mm; i++) {
-        mm_entry *e = &ws->mm[i];
-        if (e->trans_b == trans_b && e->M == M && e->Kd == Kd && e->N == N) {
-            *out = e;
-            return PM_OK;
-        }
-    }
-    mm_entry *e;
-    if (ws->n_mm < PM_MM_CACHE) {
-        e = &ws->mm[ws->n_mm++];
-    } else {
-        e = &ws->mm[ws->evict];
-        ws->evict = (ws->evict + 1) % PM_MM_CACHE;
-        mm_entry_clear(e);
-    }
-    int st = PM_OK;
-    dnnl_memory_desc_t src = NULL, wei = NULL, dst = NULL;
-    dnnl_primitive_attr_t attr = NULL;
-    dnnl_dims_t ds = {M, Kd}, dw = {Kd, N}, dd = {M, N};
-    const int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    DNNL_TRY(dnnl_memory_desc_create_with_tag(&src, 2, ds, dnnl_f32, dnnl_ab));
-    DNNL_TRY(dnnl_memory_desc_create_with_tag(&wei, 2, dw, dnnl_f32,
-                                              trans_b ? dnnl_ba : dnnl_ab));
-    DNNL_TRY(dnnl_memory_desc_create_with_tag(&dst, 2, dd, dnnl_f32, dnnl_ab));
-    DNNL_TRY(dnnl_primitive_attr_create(&attr));
-    DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr,
-                                                     dnnl_scratchpad_mode_user));
-    DNNL_TRY(dnnl_matmul_primitive_desc_create(&e->pd, ws->engine, src, wei,
-                                               NULL, dst, attr));
-    DNNL_TRY(dnnl_primitive_create(&e->prim, e->pd));
-    e->scratch = dnnl_memory_desc_get_size(
-        dnnl_primitive_desc_query_md(e->pd, dnnl_query_scratchpad_md, 0));
-    e->trans_b = trans_b;
-    e->M = M;
-    e->Kd = Kd;
-    e->N = N;
-done:
-    omp_set_num_threads(saved);
-    if (src) dnnl_memory_desc_destroy(src);
-    if (wei) dnnl_memory_desc_destroy(wei);
-    if (dst) dnnl_memory_desc_destroy(dst);
-    if (attr) dnnl_primitive_attr_destroy(attr);
-    if (st != PM_OK) {
-        mm_entry_clear(e);
-        ws->n_mm--;
-        if (e != &ws->mm[ws->n_mm]) { /* keep the table dense */
-            *e = ws->mm[ws->n_mm];
-            memset(&ws->mm[ws->n_mm], 0, sizeof(mm_entry));
-        }
-        return st;
-    }
-    *out = e;
-    return PM_OK;
-}
-
-/* No NaN or inf in x: an all-ones exponent field marks both. */
-static int all_finite(const float *x, int64_t n)
-{
-    uint32_t hit = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u);
-        hit |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    return !hit;
-}
-
-static void mirror_rows(float *p, int64_t rows, int64_t w)
-{
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = p + r * w;
-        for (int64_t x = 0; x < w / 2; x++) {
-            const float t = row[x];
-            row[x] = row[w - 1 - x];
-            row[w - 1 - x] = t;
-        }
-    }
-}
-
-/* Work done inside a matmul task, on the image's own data: before the
- * product, mirror A_i's rows of width w (a gradient, back to the image's
- * frame); after it, add a bias per row of C_i, mirror its rows and check
- * that it is finite. */
-typedef struct {
-    const float *bias;   /* post: C_i[r] += bias[r], or NULL */
-    const uint8_t *flip; /* images to mirror, or NULL */
-    int64_t planes, h, w; /* A_i (pre) or C_i (post): planes x h x w */
-    int pre, post;
-} mm_hook;
-
-/* C_i = A_i . B_i for i < count, where A_i = a + i * a_step,
- * B_i = b + row(i) * b_step with row(i) = index ? index[i] : i, and
- * C_i = c + i * c_step.  One task per i. */
-static int mm_run(pm_em_ws *ws, const mm_entry *e, int64_t count,
-                  const float *a, int64_t a_step, const float *b,
-                  const int64_t *index, int64_t b_step, float *c,
-                  int64_t c_step, const mm_hook *hk)
-{
-    if (count <= 0) return PM_OK;
-    int nt = pm_get_num_threads();
-    if (nt > count) nt = (int)count;
-    const size_t sp = (e->scratch + 63) & ~(size_t)63;
-    int st = buf_reserve(&ws->scratch, sp * (size_t)nt);
-    if (st != PM_OK) return st;
-    int status = PM_OK, nonfinite = 0;
-#pragma omp parallel num_threads(nt)
-    {
-        /* oneDNN sees a pool of one inside our tasks. */
-        omp_set_num_threads(1);
-        const int tid = omp_get_thread_num();
-        dnnl_stream_t stream = NULL;
-        dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
-        int ok =
-            dnnl_stream_create(&stream, ws->engine, dnnl_stream_default_flags) ==
-                dnnl_success &&
-            dnnl_memory_create(&ma,
-                               dnnl_primitive_desc_query_md(
-                                   e->pd, dnnl_query_src_md, 0),
-                               ws->engine, DNNL_MEMORY_NONE) == dnnl_success &&
-            dnnl_memory_create(&mb,
-                               dnnl_primitive_desc_query_md(
-                                   e->pd, dnnl_query_weights_md, 0),
-                               ws->engine, DNNL_MEMORY_NONE) == dnnl_success &&
-            dnnl_memory_create(&mc,
-                               dnnl_primitive_desc_query_md(
-                                   e->pd, dnnl_query_dst_md, 0),
-                               ws->engine, DNNL_MEMORY_NONE) == dnnl_success;
-        if (ok && e->scratch > 0)
-            ok = dnnl_memory_create(
-                     &ms,
-                     dnnl_primitive_desc_query_md(e->pd,
-                                                  dnnl_query_scratchpad_md, 0),
-                     ws->engine,
-                     (char *)ws->scratch.p + (size_t)tid * sp) == dnnl_success;
-        if (!ok) {
-#pragma omp atomic write
-            status = PM_ERR_DNNL;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < count; i++) {
-            if (!ok) continue;
-            const int64_t row = index ? index[i] : i;
-            const int mirror = hk && hk->flip && hk->flip[i];
-            const int64_t plane = hk ? hk->h * hk->w : 0;
-            if (hk && hk->pre && mirror)
-                mirror_rows((float *)(a + i * a_step), hk->planes * hk->h, hk->w);
-            dnnl_exec_arg_t args[4] = {
-                {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
-                {DNNL_ARG_SCRATCHPAD, ms}};
-            if (dnnl_memory_set_data_handle(ma, (void *)(a + i * a_step)) !=
-                    dnnl_success ||
-                dnnl_memory_set_data_handle(mb, (void *)(b + row * b_step)) !=
-                    dnnl_success ||
-                dnnl_memory_set_data_handle(mc, (void *)(c + i * c_step)) !=
-                    dnnl_success ||
-                dnnl_primitive_execute(e->prim, stream, ms ? 4 : 3, args) !=
-                    dnnl_success ||
-                dnnl_stream_wait(stream) != dnnl_success) {
-                ok = 0;
-#pragma omp atomic write
-                status = PM_ERR_DNNL;
-                continue;
-            }
-            if (hk && hk->post) {
-                float *ci = c + i * c_step;
-                if (hk->bias)
-                    for (int64_t r = 0; r < hk->planes; r++)
-                        for (int64_t q = 0; q < plane; q++)
-                            ci[r * plane + q] += hk->bias[r];
-                if (mirror) mirror_rows(ci, hk->planes * hk->h, hk->w);
-                /* A NaN or inf among the features reaches the logits. */
-                if (!all_finite(ci, hk->planes * plane)) {
-#pragma omp atomic write
-                    nonfinite = 1;
-                }
-            }
-        }
-        if (ms) dnnl_memory_destroy(ms);
-        if (mc) dnnl_memory_destroy(mc);
-        if (mb) dnnl_memory_destroy(mb);
-        if (ma) dnnl_memory_destroy(ma);
-        if (stream) dnnl_stream_destroy(stream);
-    }
-    if (status == PM_OK && nonfinite) status = PM_ERR_NONFINITE;
-    return status;
-}
 
 /* ======================================================================== */
 /* Weight normalisation                                                     */
@@ -492,779 +89,6 @@ int pm_weightnorm_bwd(const float *v, const float *g, const float *dtheta,
 }
 
 /* ======================================================================== */
-/* Logits at feature resolution                                             */
-/* ======================================================================== */
-
-static int batch_ok(const pm_batch *bt, const float *F, int64_t K)
-{
-    if (!bt || !F || K < 1 || K > 255) return 0;
-    if (bt->B < 1 || bt->C < 1 || bt->h < 1 || bt->w < 1 || bt->n < 1)
-        return 0;
-    if (!bt->index && bt->B > bt->n) return 0;
-    if (bt->index)
-        for (int64_t b = 0; b < bt->B; b++)
-            if (bt->index[b] < 0 || bt->index[b] >= bt->n) return 0;
-    return 1;
-}
-
-int pm_logits_fwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
-                  const float *theta, const float *bias, int64_t K, float *Z)
-{
-    if (!ws || !theta || !Z || !batch_ok(bt, F, K)) return PM_ERR_ARG;
-    const int64_t B = bt->B, C = bt->C, N = bt->h * bt->w;
-    mm_entry *e;
-    int st = mm_get(ws, 0, K, C, N, &e);
-    if (st != PM_OK) return st;
-    const mm_hook hk = {bias, bt->flip, K, bt->h, bt->w, 0, 1};
-    return mm_run(ws, e, B, theta, 0, F, bt->index, C * N, Z, K * N, &hk);
-}
-
-/*
- * Backward of Z[b]_kq = sum_c theta_kc F[b]_cq + bias_k (q a pixel), with Z
- * mirrored where flip[b] is set (a permutation P_b of the pixels):
- *   d loss / d theta_kc = sum_b sum_q (P_b^T dZ[b])_kq F[b]_cq
- *                       = sum_b (P_b^T dZ[b] F[b]^T)_kc
- *   d loss / d bias_k   = sum_b sum_q dZ[b]_kq
- * (P_b^T is P_b: a mirror is its own inverse; a sum over pixels does not
- * depend on their order).
- */
-int pm_logits_bwd(pm_em_ws *ws, const pm_batch *bt, const float *F,
-                  float *dZ, int64_t K, float *dtheta, float *dbias)
-{
-    if (!ws || !dZ || !dtheta || !batch_ok(bt, F, K)) return PM_ERR_ARG;
-    const int64_t B = bt->B, C = bt->C, N = bt->h * bt->w;
-    int st = buf_reserve(&ws->dpart, (size_t)(B * K * C) * sizeof(float));
-    if (st == PM_OK)
-        st = buf_reserve(&ws->part, (size_t)(K * C) * sizeof(double));
-    if (st != PM_OK) return st;
-    float *part = ws->dpart.p;
-    double *acc = ws->part.p;
-    mm_entry *e;
-    /* dtheta_b (K x C) = dZ_b (K x N) . F_b^T, F_b^T read as (N x C) "ba";
-     * dZ_b is mirrored back to the image's frame first. */
-    st = mm_get(ws, 1, K, N, C, &e);
-    if (st != PM_OK) return st;
-    const mm_hook hk = {NULL, bt->flip, K, bt->h, bt->w, 1, 0};
-    st = mm_run(ws, e, B, dZ, K * N, F, bt->index, C * N, part, K * C, &hk);
-    if (st != PM_OK) return st;
-    /* the images' shares summed in image order */
-    for (int64_t i = 0; i < K * C; i++) acc[i] = 0.0;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < K * C; i++) acc[i] += part[b * K * C + i];
-    for (int64_t i = 0; i < K * C; i++) dtheta[i] = (float)acc[i];
-    if (dbias) {
-        for (int64_t k = 0; k < K; k++) {
-            double s = 0.0;
-            for (int64_t b = 0; b < B; b++) {
-                const float *d = dZ + (b * K + k) * N;
-                double sb = 0.0;
-                for (int64_t p = 0; p < N; p++) sb += d[p];
-                s += sb;
-            }
-            dbias[k] = (float)s;
-        }
-    }
-    return PM_OK;
-}
-
-/* ======================================================================== */
-/* Label resolution: bands of output rows                                   */
-/* ======================================================================== */
-
-typedef struct {
-    pm_axis_table ty, tx;
-    int32_t *x0, *x1; /* tx.i0, tx.i1 as int32 */
-    int64_t *a0, *a1; /* X with i0[X] = x: [a0[x], a0[x+1]); a1 for i1 */
-    int64_t *boff;    /* offset of pixel X of class 0 in a row of blocks */
-    /* Horizontal interpolation by 16-wide permutes (when every 16 outputs
-     * read at most 32 consecutive inputs, i.e. when upsampling): chunk c
-     * reads inputs vbase[c] + [0, 32), output j takes inputs vidx[32c + j]
-     * and vidx[32c + 16 + j] with weights vl[32c + j], vl[32c + 16 + j]. */
-    int vec_ok;
-    int32_t *vbase, *vidx;
-    float *vl;
-    int64_t B, K, h, w, H, W;
-    int64_t nbands; /* per image */
-    int64_t nr_max; /* low-resolution rows one band reads, at most */
-    int64_t tile;   /* floats of one thread's tile block */
-} up_plan;
-
-/* Output rows [Y0, Y1) of band j read low-resolution rows ylo..ylo+nr-1. */
-static void band_rows(const up_plan *p, int64_t j, int64_t *Y0, int64_t *Y1,
-                      int64_t *ylo, int64_t *nr)
-{
-    *Y0 = j * PM_BAND_ROWS;
-    *Y1 = *Y0 + PM_BAND_ROWS < p->H ? *Y0 + PM_BAND_ROWS : p->H;
-    *ylo = p->ty.i0[*Y0];
-    *nr = p->ty.i1[*Y1 - 1] - *ylo + 1;
-}
-
-static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
-static int64_t nseg_of(int64_t W) { return (W + PM_SEG - 1) / PM_SEG; }
-static int64_t seg_len(int64_t W, int64_t sg)
-{
-    return W - sg * PM_SEG < PM_SEG ? W - sg * PM_SEG : PM_SEG;
-}
-
-static void plan_free(up_plan *p)
-{
-    pm_axis_table_free(&p->ty);
-    pm_axis_table_free(&p->tx);
-    free(p->x0);
-    free(p->a0);
-    free(p->boff);
-    free(p->vbase);
-    free(p->vidx);
-    free(p->vl);
-    p->x0 = p->x1 = NULL;
-    p->a0 = p->a1 = p->boff = NULL;
-    p->vbase = p->vidx = NULL;
-    p->vl = NULL;
-}
-
-static int plan_permutes(up_plan *p, int64_t w, int64_t W)
-{
-    const int64_t nch = (W + 15) / 16;
-    p->vec_ok = 1;
-    for (int64_t c = 0; c < nch && p->vec_ok; c++) {
-        const int64_t last = (c + 1) * 16 < W ? (c + 1) * 16 - 1 : W - 1;
-        p->vec_ok = p->tx.i1[last] - p->tx.i0[c * 16] < 32;
-    }
-    if (!p->vec_ok) return PM_OK;
-    p->vbase = malloc((size_t)nch * sizeof(int32_t));
-    p->vidx = malloc((size_t)(32 * nch) * sizeof(int32_t));
-    p->vl = malloc((size_t)(32 * nch) * sizeof(float));
-    if (!p->vbase || !p->vidx || !p->vl) return PM_ERR_NOMEM;
-    for (int64_t c = 0; c < nch; c++) {
-        const int64_t base = p->tx.i0[c * 16];
-        p->vbase[c] = (int32_t)base;
-        for (int64_t j = 0; j < 16; j++) {
-            const int64_t X = c * 16 + j;
-            const int in = X < W; /* lanes past W: input 0, weight 0 */
-            p->vidx[32 * c + j] = in ? (int32_t)(p->tx.i0[X] - base) : 0;
-            p->vidx[32 * c + 16 + j] = in ? (int32_t)(p->tx.i1[X] - base) : 0;
-            p->vl[32 * c + j] = in ? p->tx.l0[X] : 0.0f;
-            p->vl[32 * c + 16 + j] = in ? p->tx.l1[X] : 0.0f;
-        }
-    }
-    (void)w;
-    return PM_OK;
-}
-
-static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
-                     int64_t H, int64_t W)
-{
-    memset(p, 0, sizeof *p);
-    if (B < 1 || K < 1 || K > 255 || h < 1 || w < 1 || H < 1 || W < 1 ||
-        h > PM_MAX_SIDE || w > PM_MAX_SIDE || H > PM_MAX_SIDE ||
-        W > PM_MAX_SIDE)
-        return PM_ERR_ARG;
-    int st = pm_axis_table_init(&p->ty, h, H);
-    if (st != PM_OK) return st;
-    st = pm_axis_table_init(&p->tx, w, W);
-    if (st != PM_OK) {
-        pm_axis_table_free(&p->ty);
-        return st;
-    }
-    p->x0 = malloc((size_t)(2 * W) * sizeof(int32_t));
-    p->a0 = malloc((size_t)(2 * (w + 1)) * sizeof(int64_t));
-    p->boff = malloc((size_t)W * sizeof(int64_t));
-    if (!p->x0 || !p->a0 || !p->boff) {
-        plan_free(p);
-        return PM_ERR_NOMEM;
-    }
-    p->x1 = p->x0 + W;
-    p->a1 = p->a0 + w + 1;
-    for (int64_t X = 0; X < W; X++) {
-        p->x0[X] = (int32_t)p->tx.i0[X];
-        p->x1[X] = (int32_t)p->tx.i1[X];
-    }
-    /* i0 and i1 never decrease: the X of each column form a range */
-    for (int64_t x = 0, X0 = 0, X1 = 0; x <= w; x++) {
-        while (X0 < W && p->tx.i0[X0] < x) X0++;
-        while (X1 < W && p->tx.i1[X1] < x) X1++;
-        p->a0[x] = X0;
-        p->a1[x] = X1;
-    }
-    for (int64_t X = 0; X < W; X++)
-        p->boff[X] = (X / PM_SEG) * K * PM_SEG + X % PM_SEG;
-    st = plan_permutes(p, w, W);
-    if (st != PM_OK) {
-        plan_free(p);
-        return st;
-    }
-    p->B = B;
-    p->K = K;
-    p->h = h;
-    p->w = w;
-    p->H = H;
-    p->W = W;
-    p->nbands = (H + PM_BAND_ROWS - 1) / PM_BAND_ROWS;
-    for (int64_t j = 0; j < p->nbands; j++) {
-        int64_t Y0, Y1, ylo, nr;
-        band_rows(p, j, &Y0, &Y1, &ylo, &nr);
-        if (nr > p->nr_max) p->nr_max = nr;
-    }
-    /* zh, gh: nr_max x nseg blocks of K x PM_SEG; t, e: K x PM_SEG;
-     * lacc: W; 7 rows of PM_SEG; a low-resolution row with 32 spare */
-    p->tile = 2 * K * p->nr_max * nseg_of(W) * PM_SEG + 2 * K * PM_SEG +
-              pad16(W) + 7 * PM_SEG + pad16(w + 32);
-    return PM_OK;
-}
-
-typedef struct {
-    float *zh, *gh, *t, *e, *lacc;
-    float *m, *s, *inv, *c, *cs, *zt, *row;
-    int32_t *lt;
-} tile_t;
-
-static tile_t tile_carve(const up_plan *p, float *base)
-{
-    tile_t tl;
-    const int64_t big = p->K * p->nr_max * nseg_of(p->W) * PM_SEG;
-    tl.zh = base;
-    tl.gh = tl.zh + big;
-    tl.t = tl.gh + big;
-    tl.e = tl.t + p->K * PM_SEG;
-    tl.lacc = tl.e + p->K * PM_SEG;
-    tl.m = tl.lacc + pad16(p->W);
-    tl.s = tl.m + PM_SEG;
-    tl.inv = tl.s + PM_SEG;
-    tl.c = tl.inv + PM_SEG;
-    tl.cs = tl.c + PM_SEG;
-    tl.zt = tl.cs + PM_SEG;
-    tl.lt = (int32_t *)(tl.zt + PM_SEG);
-    tl.row = tl.zt + 2 * PM_SEG;
-    return tl;
-}
-
-/* Per-thread tile blocks for nt threads. */
-static int plan_threads(pm_em_ws *ws, const up_plan *p, int *nt)
-{
-    int n = pm_get_num_threads();
-    if (n > p->B * p->nbands) n = (int)(p->B * p->nbands);
-    *nt = n;
-    return buf_reserve(&ws->thread, (size_t)(p->tile * n) * sizeof(float));
-}
-
-/* The interpolated rows of a band are stored in blocks of PM_SEG pixels:
- * block (r, sg) holds K x PM_SEG floats, class-major, for low-resolution
- * row r and pixels [sg PM_SEG, (sg + 1) PM_SEG), so that one segment of
- * one output row reads two contiguous blocks. */
-static float *seg_block(float *base, int64_t r, int64_t sg, int64_t nseg,
-                        int64_t K)
-{
-    return base + (r * nseg + sg) * K * PM_SEG;
-}
-
-/* plan_init and plan_threads; on failure nothing is left to free. */
-static int plan_begin(pm_em_ws *ws, up_plan *p, int64_t B, int64_t K,
-                      int64_t h, int64_t w, int64_t H, int64_t W, int *nt)
-{
-    int st = plan_init(p, B, K, h, w, H, W);
-    if (st != PM_OK) return st;
-    st = plan_threads(ws, p, nt);
-    if (st != PM_OK) plan_free(p);
-    return st;
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#define PM_PERMUTES 1
-typedef float pm_v16f __attribute__((vector_size(64)));
-typedef int32_t pm_v16i __attribute__((vector_size(64)));
-#endif
-
-/* Horizontal interpolation of low-resolution rows ylo..ylo+nr-1 of every
- * class of one image, in torch's order (the row first), into blocks:
- * dst[X] = src[i0[X]] l0[X] + src[i1[X]] l1[X].  When upsampling, 16
- * outputs at a time take their inputs from a 32-wide window by two
- * permutes (vpermt2ps on AVX-512); the arithmetic, and so the result, is
- * the same as the scalar gathers'.  row: a scratch of w + 32 floats. */
-PM_CLONES
-static void band_hinterp(const up_plan *p, const float *Zimg, int64_t ylo,
-                         int64_t nr, float *restrict zh, float *restrict row)
-{
-    const int64_t W = p->W, w = p->w, K = p->K, nseg = nseg_of(W);
-#ifdef PM_PERMUTES
-    if (p->vec_ok) {
-        const int64_t nch = (W + 15) / 16;
-        for (int64_t i = w; i < w + 32; i++) row[i] = 0.0f;
-        for (int64_t r = 0; r < nr; r++)
-            for (int64_t k = 0; k < K; k++) {
-                memcpy(row, Zimg + (k * p->h + ylo + r) * w,
-                       (size_t)w * sizeof(float));
-                float *dstk = zh + r * nseg * K * PM_SEG + k * PM_SEG;
-                for (int64_t c = 0; c < nch; c++) {
-                    pm_v16f lo, hi, w0, w1;
-                    pm_v16i i0, i1;
-                    memcpy(&lo, row + p->vbase[c], sizeof lo);
-                    memcpy(&hi, row + p->vbase[c] + 16, sizeof hi);
-                    memcpy(&i0, p->vidx + 32 * c, sizeof i0);
-                    memcpy(&i1, p->vidx + 32 * c + 16, sizeof i1);
-                    memcpy(&w0, p->vl + 32 * c, sizeof w0);
-                    memcpy(&w1, p->vl + 32 * c + 16, sizeof w1);
-                    const pm_v16f d = __builtin_shuffle(lo, hi, i0) * w0 +
-                                      __builtin_shuffle(lo, hi, i1) * w1;
-                    const int64_t X0 = c * 16;
-                    memcpy(dstk + (X0 / PM_SEG) * K * PM_SEG + X0 % PM_SEG, &d,
-                           sizeof d);
-                }
-            }
-        return;
-    }
-#endif
-    (void)row;
-    const int32_t *restrict x0 = p->x0, *restrict x1 = p->x1;
-    const float *restrict l0 = p->tx.l0, *restrict l1 = p->tx.l1;
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t sg = 0; sg < nseg; sg++) {
-            const int64_t X0 = sg * PM_SEG;
-            const int64_t n = W - X0 < PM_SEG ? W - X0 : PM_SEG;
-            float *restrict blk = seg_block(zh, r, sg, nseg, K);
-            for (int64_t k = 0; k < K; k++) {
-                const float *restrict src = Zimg + (k * p->h + ylo + r) * w;
-                float *restrict dst = blk + k * PM_SEG;
-                for (int64_t X = 0; X < n; X++)
-                    dst[X] = src[x0[X0 + X]] * l0[X0 + X] +
-                             src[x1[X0 + X]] * l1[X0 + X];
-            }
-        }
-}
-
-/* The row kernels below work on a segment of n <= PM_SEG pixels of one
- * output row, so that the K x PM_SEG tiles t and e stay in L1.  zh0 and zh1
- * are the segment's blocks of low-resolution rows r0 and r1 (class k is
- * kstride = PM_SEG floats further). */
-
-/* t[k][X] = zh0[k][X] a + zh1[k][X] b (the numbers of pm_upsample_bilinear),
- * m = max_k t, e[k] = exp(t[k] - m), s = sum_k e, inv = 1 / s. */
-PM_CLONES
-static void seg_softmax(const float *restrict zh0, const float *restrict zh1,
-                        int64_t kstride, float a, float b, int64_t K,
-                        int64_t n, float *restrict t, float *restrict e,
-                        float *restrict m, float *restrict s,
-                        float *restrict inv)
-{
-    for (int64_t X = 0; X < n; X++) {
-        const float v = zh0[X] * a + zh1[X] * b;
-        t[X] = v;
-        m[X] = v;
-    }
-    for (int64_t k = 1; k < K; k++) {
-        const float *z0 = zh0 + k * kstride, *z1 = zh1 + k * kstride;
-        float *tk = t + k * PM_SEG;
-        for (int64_t X = 0; X < n; X++) {
-            const float v = z0[X] * a + z1[X] * b;
-            tk[X] = v;
-            m[X] = v > m[X] ? v : m[X];
-        }
-    }
-    for (int64_t X = 0; X < n; X++) s[X] = 0.0f;
-    for (int64_t k = 0; k < K; k++) {
-        const float *tk = t + k * PM_SEG;
-        float *ek = e + k * PM_SEG;
-        for (int64_t X = 0; X < n; X++) {
-            const float v = pm_exp_neg(tk[X] - m[X]);
-            ek[X] = v;
-            s[X] += v;
-        }
-    }
-    for (int64_t X = 0; X < n; X++) inv[X] = 1.0f / s[X];
-}
-
-/* Pass 1: acc[k][X] += e[k][X] / s[X] (acc: a block of K x PM_SEG). */
-PM_CLONES
-static void seg_prob_acc(const float *restrict e, const float *restrict inv,
-                         int64_t K, int64_t n, float *restrict acc)
-{
-    for (int64_t k = 0; k < K; k++)
-        for (int64_t X = 0; X < n; X++)
-            acc[k * PM_SEG + X] += e[k * PM_SEG + X] * inv[X];
-}
-
-/* Pass 2, the loss.  c[X] = wt[y_X] (0 where ignored), zt[X] = t[y_X][X]:
- *   lacc[X] += c (log s - (zt - m))            (= c * -log softmax[y]) */
-PM_CLONES
-static void seg_loss(const float *restrict s, const float *restrict m,
-                     const float *restrict c, const float *restrict zt,
-                     int64_t n, float *restrict lacc)
-{
-    for (int64_t X = 0; X < n; X++)
-        lacc[X] += c[X] * (pm_log_pos(s[X]) - (zt[X] - m[X]));
-}
-
-/* Pass 2, the gradient of a segment, pushed through the vertical adjoint:
- *   g[k][X] = cs[X] (e[k][X] inv[X] - [k == lt[X]])   (d loss / d t[k][X])
- *   gh0[k][X] += a g[k][X];  gh1[k][X] += b g[k][X]
- * cs = scale * c; lt = -1 where ignored.  gh0, gh1: the blocks of the
- * output row's low-resolution rows r0 and r1, or gh1 NULL when r0 = r1
- * (then gh0 receives both terms, in the same order). */
-PM_CLONES
-static void seg_grad(const float *restrict e, const float *restrict inv,
-                     const float *restrict cs, const int32_t *restrict lt,
-                     float a, float b, int64_t K, int64_t n,
-                     float *restrict gh0, float *restrict gh1)
-{
-    for (int64_t k = 0; k < K; k++) {
-        const float *ek = e + k * PM_SEG;
-        float *g0 = gh0 + k * PM_SEG;
-        const int32_t kk = (int32_t)k;
-        if (gh1) {
-            float *g1 = gh1 + k * PM_SEG;
-            for (int64_t X = 0; X < n; X++) {
-                const float onehot = lt[X] == kk ? 1.0f : 0.0f;
-                const float g = cs[X] * (ek[X] * inv[X] - onehot);
-                g0[X] += a * g;
-                g1[X] += b * g;
-            }
-        } else {
-            for (int64_t X = 0; X < n; X++) {
-                const float onehot = lt[X] == kk ? 1.0f : 0.0f;
-                const float g = cs[X] * (ek[X] * inv[X] - onehot);
-                g0[X] += a * g;
-                g0[X] += b * g;
-            }
-        }
-    }
-}
-
-/* Argmax over classes (ties: the smallest class) of a segment. */
-PM_CLONES
-static void seg_argmax(const float *restrict zh0, const float *restrict zh1,
-                       int64_t kstride, float a, float b, int64_t K,
-                       int64_t n, float *restrict best, int32_t *restrict arg)
-{
-    for (int64_t X = 0; X < n; X++) {
-        best[X] = zh0[X] * a + zh1[X] * b;
-        arg[X] = 0;
-    }
-    for (int64_t k = 1; k < K; k++) {
-        const float *z0 = zh0 + k * kstride, *z1 = zh1 + k * kstride;
-        const int32_t kk = (int32_t)k;
-        for (int64_t X = 0; X < n; X++) {
-            const float v = z0[X] * a + z1[X] * b;
-            const int up = v > best[X];
-            best[X] = up ? v : best[X];
-            arg[X] = up ? kk : arg[X];
-        }
-    }
-}
-
-/* Horizontal adjoint of a band's gradient blocks: gh (blocks of nr rows)
- * -> out (K x nr x w), out overwritten.  Column x gathers its share,
- *   out[x] = sum_{X: i0[X] = x} l0[X] g[X] + sum_{X: i1[X] = x} l1[X] g[X],
- * over the contiguous ranges of X the monotone tables give, for all classes
- * at once (acc: K floats); a scatter out[i0[X]] += ... would chain every
- * update to the previous one. */
-static void band_hadjoint(const up_plan *p, const float *gh, int64_t nr,
-                          float *restrict acc, float *out)
-{
-    const int64_t w = p->w, K = p->K, nseg = nseg_of(p->W);
-    const float *l0 = p->tx.l0, *l1 = p->tx.l1;
-    for (int64_t r = 0; r < nr; r++) {
-        const float *row = gh + r * nseg * K * PM_SEG;
-        for (int64_t x = 0; x < w; x++) {
-            for (int64_t k = 0; k < K; k++) acc[k] = 0.0f;
-            for (int64_t X = p->a0[x]; X < p->a0[x + 1]; X++) {
-                const float *src = row + p->boff[X];
-                const float c = l0[X];
-                for (int64_t k = 0; k < K; k++) acc[k] += c * src[k * PM_SEG];
-            }
-            for (int64_t X = p->a1[x]; X < p->a1[x + 1]; X++) {
-                const float *src = row + p->boff[X];
-                const float c = l1[X];
-                for (int64_t k = 0; k < K; k++) acc[k] += c * src[k * PM_SEG];
-            }
-            for (int64_t k = 0; k < K; k++) out[(k * nr + r) * w + x] = acc[k];
-        }
-    }
-}
-
-/* The geometry of output row Y inside a band starting at ylo. */
-typedef struct {
-    int64_t r0, r1;
-    float a, b;
-} vrow;
-
-static vrow vrow_of(const up_plan *p, int64_t Y, int64_t ylo)
-{
-    vrow v = {p->ty.i0[Y] - ylo, p->ty.i1[Y] - ylo, p->ty.l0[Y], p->ty.l1[Y]};
-    return v;
-}
-
-int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
-                          int64_t h, int64_t w, int64_t H, int64_t W,
-                          double *chi)
-{
-    if (!ws || !Z || !chi) return PM_ERR_ARG;
-    up_plan p;
-    int nt;
-    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
-    if (st != PM_OK) return st;
-    const int64_t items = B * p.nbands;
-    st = buf_reserve(&ws->part, (size_t)(items * K) * sizeof(double));
-    if (st != PM_OK) {
-        plan_free(&p);
-        return st;
-    }
-    double *part = ws->part.p;
-    const int64_t nseg = nseg_of(W);
-#pragma omp parallel num_threads(nt)
-    {
-        tile_t tl = tile_carve(&p, (float *)ws->thread.p +
-                                       p.tile * omp_get_thread_num());
-        float *acc = tl.gh; /* nseg blocks of K x PM_SEG */
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++) {
-            const int64_t b = it / p.nbands, j = it % p.nbands;
-            int64_t Y0, Y1, ylo, nr;
-            band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
-            for (int64_t i = 0; i < nseg * K * PM_SEG; i++) acc[i] = 0.0f;
-            for (int64_t Y = Y0; Y < Y1; Y++) {
-                const vrow v = vrow_of(&p, Y, ylo);
-                for (int64_t sg = 0; sg < nseg; sg++) {
-                    const int64_t n = seg_len(W, sg);
-                    seg_softmax(seg_block(tl.zh, v.r0, sg, nseg, K),
-                                seg_block(tl.zh, v.r1, sg, nseg, K), PM_SEG,
-                                v.a, v.b, K, n, tl.t, tl.e, tl.m, tl.s, tl.inv);
-                    seg_prob_acc(tl.e, tl.inv, K, n,
-                                 acc + sg * K * PM_SEG);
-                }
-            }
-            for (int64_t k = 0; k < K; k++) {
-                double sk = 0.0;
-                for (int64_t sg = 0; sg < nseg; sg++) {
-                    const float *a = acc + (sg * K + k) * PM_SEG;
-                    for (int64_t X = 0; X < seg_len(W, sg); X++) sk += a[X];
-                }
-                part[it * K + k] = sk;
-            }
-        }
-    }
-    const double inv_n = 1.0 / ((double)B * (double)H * (double)W);
-    for (int64_t k = 0; k < K; k++) {
-        double sk = 0.0;
-        for (int64_t it = 0; it < items; it++) sk += part[it * K + k];
-        chi[k] = sk * inv_n;
-    }
-    plan_free(&p);
-    return PM_OK;
-}
-
-/* Adds the bands' gradient rows into dZ (B, K, h, w), band by band in
- * order; one task per (image, class) plane. */
-static void merge_bands(const up_plan *p, const float *bands, int64_t stride,
-                        float *dZ)
-{
-    const int64_t h = p->h, w = p->w, K = p->K;
-#pragma omp parallel for schedule(static) num_threads(pm_get_num_threads())
-    for (int64_t bk = 0; bk < p->B * K; bk++) {
-        const int64_t b = bk / K, k = bk % K;
-        float *dst = dZ + bk * h * w;
-        for (int64_t i = 0; i < h * w; i++) dst[i] = 0.0f;
-        for (int64_t j = 0; j < p->nbands; j++) {
-            int64_t Y0, Y1, ylo, nr;
-            band_rows(p, j, &Y0, &Y1, &ylo, &nr);
-            const float *src = bands + (b * p->nbands + j) * stride + k * nr * w;
-            float *d = dst + ylo * w;
-            for (int64_t i = 0; i < nr * w; i++) d[i] += src[i];
-        }
-    }
-}
-
-static int all_ignored(const uint8_t *lab, int64_t n)
-{
-    int all = 1;
-    for (int64_t X = 0; X < n; X++) all &= lab[X] == PM_IGNORE;
-    return all;
-}
-
-/* The labels of one row segment: c, cs, zt, lt as seg_loss and seg_grad
- * want them.  Returns nonzero if a label is neither a class nor PM_IGNORE. */
-static int seg_labels(const uint8_t *lab, int mirror, int64_t W, int64_t X0,
-                      int64_t n, int64_t K, const float *wt, float scale,
-                      const float *restrict t, const float *restrict m,
-                      float *restrict c, float *restrict cs,
-                      float *restrict zt, int32_t *restrict lt)
-{
-    const uint8_t *l = lab + (mirror ? W - X0 - n : X0);
-    const int32_t step = mirror ? -1 : 1;
-    const int64_t first = mirror ? n - 1 : 0;
-    int bad = 0;
-    for (int64_t X = 0; X < n; X++) {
-        const int32_t y = l[first + step * X];
-        const int ok = y < K;
-        bad |= !ok & (y != PM_IGNORE);
-        const int32_t yy = ok ? y : 0; /* loads below stay in bounds */
-        const float wv = wt[yy], tv = t[yy * PM_SEG + X];
-        const float cv = ok ? wv : 0.0f;
-        c[X] = cv;
-        cs[X] = scale * cv;
-        zt[X] = ok ? tv : m[X];
-        lt[X] = ok ? yy : -1;
-    }
-    return bad;
-}
-
-/*
- * Pass 2: the weighted cross-entropy at label resolution and, with dZ, its
- * gradient with respect to the low-resolution logits.
- *
- * Per pixel p with label y != 255 and weight c = wt[y] (a constant: for
- * the focal loss wt = (1 - chi)^gamma, chi held fixed), and t = A Z the
- * upsampled logits (A = Ay (x) Ax, the bilinear operator):
- *   l_p = -c log softmax(t_p)[y] = c (log sum_k exp t_kp - t_yp)
- *   d l_p / d t_kp = c (softmax(t_p)_k - [k == y])
- * summed with the factor `scale`.  The chain rule through t = A Z gives
- *   d loss / d Z = A^T (d loss / d t),
- * applied as the transpose of each interpolation step in reverse order:
- * vertically, output row Y adds l0[Y] g and l1[Y] g to the band's rows
- * i0[Y] and i1[Y] (kept at output width), then horizontally, each band row
- * adds l0[X] g[X] and l1[X] g[X] to columns i0[X] and i1[X].  Ignored
- * pixels have c = 0 and contribute nothing.
- */
-static int label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
-                    const int64_t *index, const uint8_t *flip, int64_t n,
-                    const float *wt, double scale, int64_t B, int64_t K,
-                    int64_t h, int64_t w, int64_t H, int64_t W, double *loss,
-                    float *dZ)
-{
-    if (!ws || !Z || !labels || !wt || !loss || n < 1) return PM_ERR_ARG;
-    if (!index && B > n) return PM_ERR_ARG;
-    if (index)
-        for (int64_t b = 0; b < B; b++)
-            if (index[b] < 0 || index[b] >= n) return PM_ERR_ARG;
-    up_plan p;
-    int nt;
-    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
-    if (st != PM_OK) return st;
-    const int64_t items = B * p.nbands;
-    const int64_t bstride = pad16(K * p.nr_max * w);
-    st = buf_reserve(&ws->part, (size_t)items * sizeof(double));
-    if (st == PM_OK && dZ)
-        st = buf_reserve(&ws->dz, (size_t)(items * bstride) * sizeof(float));
-    if (st != PM_OK) {
-        plan_free(&p);
-        return st;
-    }
-    double *part = ws->part.p;
-    float *bands = dZ ? (float *)ws->dz.p : NULL;
-    const float fscale = (float)scale;
-    const int64_t nseg = nseg_of(W);
-    int badlabel = 0;
-#pragma omp parallel num_threads(nt) reduction(| : badlabel)
-    {
-        tile_t tl = tile_carve(&p, (float *)ws->thread.p +
-                                       p.tile * omp_get_thread_num());
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++) {
-            const int64_t b = it / p.nbands, j = it % p.nbands;
-            const int64_t row = index ? index[b] : b;
-            const int mirror = flip && flip[b];
-            int64_t Y0, Y1, ylo, nr;
-            band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
-            if (dZ)
-                for (int64_t i = 0; i < nr * nseg * K * PM_SEG; i++)
-                    tl.gh[i] = 0.0f;
-            for (int64_t X = 0; X < W; X++) tl.lacc[X] = 0.0f;
-            for (int64_t Y = Y0; Y < Y1; Y++) {
-                const vrow v = vrow_of(&p, Y, ylo);
-                const uint8_t *lab = labels + (row * H + Y) * W;
-                for (int64_t sg = 0; sg < nseg; sg++) {
-                    const int64_t X0 = sg * PM_SEG, ns = seg_len(W, sg);
-                    /* ignored pixels carry no loss and no gradient */
-                    if (all_ignored(lab + (mirror ? W - X0 - ns : X0), ns))
-                        continue;
-                    seg_softmax(seg_block(tl.zh, v.r0, sg, nseg, K),
-                                seg_block(tl.zh, v.r1, sg, nseg, K), PM_SEG,
-                                v.a, v.b, K, ns, tl.t, tl.e, tl.m, tl.s, tl.inv);
-                    badlabel |=
-                        seg_labels(lab, mirror, W, X0, ns, K, wt, fscale, tl.t,
-                                   tl.m, tl.c, tl.cs, tl.zt, tl.lt);
-                    seg_loss(tl.s, tl.m, tl.c, tl.zt, ns, tl.lacc + X0);
-                    if (dZ)
-                        seg_grad(tl.e, tl.inv, tl.cs, tl.lt, v.a, v.b, K, ns,
-                                 seg_block(tl.gh, v.r0, sg, nseg, K),
-                                 v.r1 == v.r0
-                                     ? NULL
-                                     : seg_block(tl.gh, v.r1, sg, nseg, K));
-                }
-            }
-            double lsum = 0.0;
-            for (int64_t X = 0; X < W; X++) lsum += tl.lacc[X];
-            part[it] = lsum;
-            if (dZ) band_hadjoint(&p, tl.gh, nr, tl.t, bands + it * bstride);
-        }
-    }
-    if (badlabel) {
-        plan_free(&p);
-        return PM_ERR_ARG;
-    }
-    double total = 0.0;
-    for (int64_t it = 0; it < items; it++) total += part[it];
-    *loss = total * scale;
-    if (dZ) merge_bands(&p, bands, bstride, dZ);
-    plan_free(&p);
-    return PM_OK;
-}
-
-int pm_label_ce_fwd(pm_em_ws *ws, const float *Z, const uint8_t *labels,
-                    const int64_t *index, const uint8_t *flip, int64_t n,
-                    const float *wt, double scale, int64_t B, int64_t K,
-                    int64_t h, int64_t w, int64_t H, int64_t W, double *loss)
-{
-    return label_ce(ws, Z, labels, index, flip, n, wt, scale, B, K, h, w, H,
-                    W, loss, NULL);
-}
-
-int pm_label_ce_bwd(pm_em_ws *ws, const float *Z, const uint8_t *labels,
-                    const int64_t *index, const uint8_t *flip, int64_t n,
-                    const float *wt, double scale, int64_t B, int64_t K,
-                    int64_t h, int64_t w, int64_t H, int64_t W, double *loss,
-                    float *dZ)
-{
-    if (!dZ) return PM_ERR_ARG;
-    return label_ce(ws, Z, labels, index, flip, n, wt, scale, B, K, h, w, H,
-                    W, loss, dZ);
-}
-
-int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
-                    int64_t h, int64_t w, int64_t H, int64_t W, int32_t *out)
-{
-    if (!ws || !Z || !out) return PM_ERR_ARG;
-    up_plan p;
-    int nt;
-    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
-    if (st != PM_OK) return st;
-    const int64_t items = B * p.nbands;
-    const int64_t nseg = nseg_of(W);
-#pragma omp parallel num_threads(nt)
-    {
-        tile_t tl = tile_carve(&p, (float *)ws->thread.p +
-                                       p.tile * omp_get_thread_num());
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++) {
-            const int64_t b = it / p.nbands, j = it % p.nbands;
-            int64_t Y0, Y1, ylo, nr;
-            band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
-            for (int64_t Y = Y0; Y < Y1; Y++) {
-                const vrow v = vrow_of(&p, Y, ylo);
-                for (int64_t sg = 0; sg < nseg; sg++)
-                    seg_argmax(seg_block(tl.zh, v.r0, sg, nseg, K),
-                               seg_block(tl.zh, v.r1, sg, nseg, K), PM_SEG,
-                               v.a, v.b, K, seg_len(W, sg), tl.m,
-                               out + (b * H + Y) * W + sg * PM_SEG);
-            }
-        }
-    }
-    plan_free(&p);
-    return PM_OK;
-}
-
-/* ======================================================================== */
 /* Cosine K-means                                                           */
 /* ======================================================================== */
 
@@ -1281,22 +105,23 @@ int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
 static int kmeans(pm_em_ws *ws, const pm_batch *bt, const float *v, int64_t K,
                   double *loss, float *dv)
 {
-    if (!ws || !v || !loss || !batch_ok(bt, bt ? bt->features : NULL, K))
+    if (!ws || !v || !loss ||
+        !pm_em_batch_ok(bt, bt ? bt->features : NULL, K))
         return PM_ERR_ARG;
     const int64_t B = bt->B, C = bt->C, N = bt->h * bt->w;
     pm_batch nb = *bt;
     nb.flip = NULL; /* a mirror only reorders the per-pixel sum */
-    int st = buf_reserve(&ws->small, (size_t)(2 * K * C) * sizeof(float));
+    int st = pm_em_reserve(&ws->small, (size_t)(2 * K * C) * sizeof(float));
     if (st == PM_OK)
-        st = buf_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
+        st = pm_em_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
     if (st == PM_OK && dv)
-        st = buf_reserve(&ws->dz, (size_t)(B * K * N) * sizeof(float));
+        st = pm_em_reserve(&ws->dz, (size_t)(B * K * N) * sizeof(float));
     if (st == PM_OK)
-        st = buf_reserve(&ws->part, (size_t)B * sizeof(double));
+        st = pm_em_reserve(&ws->part, (size_t)B * sizeof(double));
     int nt = pm_get_num_threads();
     if (nt > B) nt = (int)B;
     if (st == PM_OK)
-        st = buf_reserve(&ws->thread, (size_t)(nt * N) * 2 * sizeof(double));
+        st = pm_em_reserve(&ws->thread, (size_t)(nt * N) * 2 * sizeof(double));
     if (st != PM_OK) return st;
     float *u = ws->small.p, *du = u + K * C;
     float *Z = ws->z.p, *dZ = dv ? (float *)ws->dz.p : NULL;
@@ -1390,12 +215,12 @@ static int focal(pm_em_ws *ws, const pm_batch *bt, const uint8_t *labels,
 {
     const float *F = bt->student ? bt->student : bt->features;
     if (!ws || !v || !g || !chi || !loss || !labels || !maps_ok(bt) ||
-        !batch_ok(bt, F, K) || !(gamma >= 0.0))
+        !pm_em_batch_ok(bt, F, K) || !(gamma >= 0.0))
         return PM_ERR_ARG;
     const int64_t B = bt->B, C = bt->C, h = bt->h, w = bt->w, N = h * w;
-    int st = buf_reserve(&ws->small, (size_t)(2 * K * C + K) * sizeof(float));
+    int st = pm_em_reserve(&ws->small, (size_t)(2 * K * C + K) * sizeof(float));
     if (st == PM_OK)
-        st = buf_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
+        st = pm_em_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
     if (st != PM_OK) return st;
     float *theta = ws->small.p, *dtheta = theta + K * C, *wt = dtheta + K * C;
     pm_weightnorm_fwd(v, g, K, C, theta);
@@ -1410,12 +235,12 @@ static int focal(pm_em_ws *ws, const pm_batch *bt, const uint8_t *labels,
     }
     const double scale = 1.0 / ((double)B * (double)bt->H * (double)bt->W);
     if (!dv)
-        return label_ce(ws, Z, labels, lab_index, lab_flip, lab_n, wt, scale,
-                        B, K, h, w, bt->H, bt->W, loss, NULL);
+        return pm_em_label_ce(ws, Z, labels, lab_index, lab_flip, lab_n, wt,
+                              scale, B, K, h, w, bt->H, bt->W, loss, NULL);
     /* dZ overwrites Z once pass 2 has read it: pass 2 keeps its gradient in
      * band buffers and merges them only at the end. */
-    st = label_ce(ws, Z, labels, lab_index, lab_flip, lab_n, wt, scale, B, K,
-                  h, w, bt->H, bt->W, loss, Z);
+    st = pm_em_label_ce(ws, Z, labels, lab_index, lab_flip, lab_n, wt, scale,
+                        B, K, h, w, bt->H, bt->W, loss, Z);
     if (st != PM_OK) return st;
     st = pm_logits_bwd(ws, bt, F, Z, K, dtheta, NULL);
     if (st != PM_OK) return st;
@@ -1474,13 +299,14 @@ static void pseudo_image(const pm_batch *bt, int64_t b, int64_t K,
 int pm_teacher_pseudo(pm_em_ws *ws, const pm_batch *bt, const float *theta,
                       int64_t K, uint8_t *out)
 {
-    if (!ws || !theta || !out || !batch_ok(bt, bt ? bt->features : NULL, K) ||
-        !bt->masks || !maps_ok(bt))
+    if (!ws || !theta || !out ||
+        !pm_em_batch_ok(bt, bt ? bt->features : NULL, K) || !bt->masks ||
+        !maps_ok(bt))
         return PM_ERR_ARG;
     const int64_t B = bt->B, H = bt->H, W = bt->W, N = bt->h * bt->w;
-    int st = buf_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
+    int st = pm_em_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
     if (st == PM_OK)
-        st = buf_reserve(&ws->maps, (size_t)(B * H * W) * sizeof(int32_t));
+        st = pm_em_reserve(&ws->maps, (size_t)(B * H * W) * sizeof(int32_t));
     if (st != PM_OK) return st;
     float *Z = ws->z.p;
     int32_t *arg = ws->maps.p;
@@ -1504,7 +330,7 @@ int pm_teacher_pseudo(pm_em_ws *ws, const pm_batch *bt, const float *theta,
     }
     if (low < 0 || top > PM_MAX_MASK_ID) return PM_ERR_ARG;
     const int64_t hsize = ((int64_t)top + 1) * K;
-    st = buf_reserve(&ws->thread, (size_t)(nt * hsize) * sizeof(int32_t));
+    st = pm_em_reserve(&ws->thread, (size_t)(nt * hsize) * sizeof(int32_t));
     if (st != PM_OK) return st;
 #pragma omp parallel num_threads(nt)
     {
@@ -1522,15 +348,15 @@ int pm_em_step(pm_em_ws *ws, const pm_batch *bt, const float *vt,
                uint8_t *pseudo)
 {
     if (!ws || !bt || !vt || !gt || !vs || !gs || !dv || !dg || !maps_ok(bt) ||
-        !batch_ok(bt, bt->features, K) || !bt->masks)
+        !pm_em_batch_ok(bt, bt->features, K) || !bt->masks)
         return PM_ERR_ARG;
     const int64_t B = bt->B, C = bt->C, H = bt->H, W = bt->W;
-    int st = buf_reserve(&ws->pseudo, (size_t)(B * H * W));
+    int st = pm_em_reserve(&ws->pseudo, (size_t)(B * H * W));
     if (st == PM_OK)
-        st = buf_reserve(&ws->small, (size_t)(2 * K * C + K) * sizeof(float));
+        st = pm_em_reserve(&ws->small, (size_t)(2 * K * C + K) * sizeof(float));
     if (st != PM_OK) return st;
     /* theta_T lives in ws->dpart until pm_logits_bwd needs that buffer. */
-    st = buf_reserve(&ws->dpart, (size_t)(K * C) * sizeof(float));
+    st = pm_em_reserve(&ws->dpart, (size_t)(K * C) * sizeof(float));
     if (st != PM_OK) return st;
     float *theta_t = ws->dpart.p;
     pm_weightnorm_fwd(vt, gt, K, C, theta_t);
@@ -1558,19 +384,20 @@ static int probe(pm_em_ws *ws, const pm_batch *bt, const float *weight,
                  float *dbias)
 {
     if (!ws || !weight || !bias || !loss || !bt || !bt->labels ||
-        !maps_ok(bt) || !batch_ok(bt, bt->features, K))
+        !maps_ok(bt) || !pm_em_batch_ok(bt, bt->features, K))
         return PM_ERR_ARG;
     const int64_t B = bt->B, h = bt->h, w = bt->w, N = h * w;
-    int st = buf_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
-    if (st == PM_OK) st = buf_reserve(&ws->small, (size_t)K * sizeof(float));
+    int st = pm_em_reserve(&ws->z, (size_t)(B * K * N) * sizeof(float));
+    if (st == PM_OK) st = pm_em_reserve(&ws->small, (size_t)K * sizeof(float));
     if (st != PM_OK) return st;
     float *Z = ws->z.p, *ones = ws->small.p;
     for (int64_t k = 0; k < K; k++) ones[k] = 1.0f;
     st = pm_logits_fwd(ws, bt, bt->features, weight, bias, K, Z);
     if (st != PM_OK) return st;
     const double scale = 1.0 / ((double)B * (double)bt->H * (double)bt->W);
-    st = label_ce(ws, Z, bt->labels, bt->index, bt->flip, bt->n, ones, scale,
-                  B, K, h, w, bt->H, bt->W, loss, dweight ? Z : NULL);
+    st = pm_em_label_ce(ws, Z, bt->labels, bt->index, bt->flip, bt->n, ones,
+                        scale, B, K, h, w, bt->H, bt->W, loss,
+                        dweight ? Z : NULL);
     if (st != PM_OK || !dweight) return st;
     return pm_logits_bwd(ws, bt, bt->features, Z, K, dweight, dbias);
 }
@@ -1593,11 +420,11 @@ int pm_predict(pm_em_ws *ws, const pm_batch *bt, const float *theta,
                const float *bias, int64_t K, int32_t *out)
 {
     if (!ws || !theta || !out || !maps_ok(bt) ||
-        !batch_ok(bt, bt ? bt->features : NULL, K))
+        !pm_em_batch_ok(bt, bt ? bt->features : NULL, K))
         return PM_ERR_ARG;
     const int64_t N = bt->h * bt->w, HW = bt->H * bt->W;
     const int64_t G = bt->B < PM_PREDICT_GROUP ? bt->B : PM_PREDICT_GROUP;
-    int st = buf_reserve(&ws->z, (size_t)(G * K * N) * sizeof(float));
+    int st = pm_em_reserve(&ws->z, (size_t)(G * K * N) * sizeof(float));
     if (st != PM_OK) return st;
     for (int64_t s = 0; s < bt->B; s += G) {
         pm_batch sub = *bt;
