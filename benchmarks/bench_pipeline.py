@@ -83,7 +83,7 @@ def main() -> None:
         primaps.set_num_threads(args.threads)
     # the full size streams its 7.3 GB of float32 features from the store;
     # a scaled run takes the same path instead of holding them in memory
-    pipeline.IN_MEMORY_BYTES = 0
+    pipeline.batches.IN_MEMORY_BYTES = 0
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     cfg = load_config(None, [f"run.out={str(folder)!r}", "em.n_classes=27",
                              f"em.epochs={args.epochs}", "eval.pictures=false"])

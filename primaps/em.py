@@ -1,6 +1,6 @@
 """PriMaPs-EM: class prototypes fitted to PriMaPs pseudo labels by a
 stochastic EM with a momentum teacher (Hahn et al., TMLR 2024; docs/method.md
-§1.2), on the C kernels of ``csrc/em.c``."""
+§1.2), on the C kernels of ``csrc/em*.c``."""
 
 from __future__ import annotations
 

@@ -318,13 +318,6 @@ class EvaluationReport:
                 f.write(text.encode() + b"\n")
         return text
 
-    def plot_confusion(self, path: Union[str, os.PathLike, None] = None, **kwargs: Any):
-        """The matched confusion matrix as a figure; see
-        `primaps.viz.plot_confusion` (needs the ``viz`` extra)."""
-        from .viz import plot_confusion
-
-        return plot_confusion(self, path=path, **kwargs)
-
     # --------------------------------------------------------- display
 
     def __repr__(self) -> str:

@@ -116,7 +116,7 @@ def test_confusion_png_for_27_classes(mpl, report27, tmp_path):
 def test_confusion_png_raw_counts_and_small_k(mpl, tmp_path):
     r = primaps.evaluate(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
     path = tmp_path / "c.png"
-    r.plot_confusion(path, normalize=False, title="counts")
+    viz.plot_confusion(r, path, normalize=False, title="counts")
     w, h = png_size(path)
     assert 300 <= w <= 1000 and 300 <= h <= 1000
 
