@@ -80,7 +80,7 @@ void pm_em_ws_free(pm_em_ws *ws)
     for (int i = 0; i < ws->n_mm; i++) mm_entry_clear(&ws->mm[i]);
     pm_buf *bufs[] = {&ws->z,     &ws->dz,      &ws->pseudo,
                       &ws->part,  &ws->dpart,   &ws->thread,
-                      &ws->scratch, &ws->small, &ws->maps};
+                      &ws->scratch, &ws->small, &ws->maps, &ws->wide};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]->p);
     dnnl_engine_destroy(ws->engine);
     pthread_mutex_destroy(&ws->lock);
@@ -95,7 +95,34 @@ size_t pm_em_ws_bytes(const pm_em_ws *ws)
     if (!ws) return 0;
     return ws->z.cap + ws->dz.cap + ws->pseudo.cap + ws->part.cap +
            ws->dpart.cap + ws->thread.cap + ws->scratch.cap + ws->small.cap +
-           ws->maps.cap;
+           ws->maps.cap + ws->wide.cap;
+}
+
+int pm_em_batch_widen(pm_em_ws *ws, pm_batch *bt)
+{
+    if (!ws || !bt) return PM_ERR_ARG;
+    if (!bt->features16 && !bt->student16) return PM_OK;
+    if (bt->index || bt->n < 0 || bt->C < 0 || bt->h < 0 || bt->w < 0)
+        return PM_ERR_ARG;
+    const int64_t count = bt->n * bt->C * bt->h * bt->w;
+    const int two = bt->features16 && bt->student16;
+    int st = pm_em_reserve(&ws->wide, (size_t)(count * (two ? 2 : 1)) * sizeof(float));
+    if (st != PM_OK) return st;
+    float *dst = ws->wide.p;
+    if (bt->features16) {
+        st = pm_half_to_float(bt->features16, dst, count);
+        if (st != PM_OK) return st;
+        bt->features = dst;
+        bt->features16 = NULL;
+        dst += count;
+    }
+    if (bt->student16) {
+        st = pm_half_to_float(bt->student16, dst, count);
+        if (st != PM_OK) return st;
+        bt->student = dst;
+        bt->student16 = NULL;
+    }
+    return PM_OK;
 }
 
 /* ======================================================================== */

@@ -40,6 +40,7 @@ struct pm_em_ws {
     mm_entry mm[PM_MM_CACHE];
     int n_mm, evict;
     pm_buf z, dz, pseudo, part, dpart, thread, scratch, small, maps;
+    pm_buf wide; /* float16 batches widened to float32 (pm_em_batch_widen) */
 };
 
 /* Grows b to at least `bytes` (contents are not kept); PM_ERR_NOMEM. */

@@ -97,6 +97,11 @@ int pm_get_build_info(pm_build_info *info);
 int pm_l2_normalize(const float *src, float *dst, int64_t B, int64_t C,
                     int64_t n);
 
+/* IEEE half precision (binary16 bits) to float, exactly: dst[i] = src[i]
+ * for i < n (NaNs stay NaNs, quieted), threaded; the same bits whatever
+ * the thread count or instruction set (convert.c). */
+int pm_half_to_float(const uint16_t *src, float *dst, int64_t n);
+
 /* ------------------------------------------------------------------------ */
 /* Bilinear resampling (resample.c)                                         */
 /* ------------------------------------------------------------------------ */
@@ -318,7 +323,11 @@ size_t pm_em_ws_bytes(const pm_em_ws *ws);
  *   in [0, K) or PM_IGNORE, or NULL;
  *   index: (B,) rows of those arrays forming the batch, or NULL for 0..B-1;
  *   flip: (B,) nonzero mirrors image b left-right (features and maps
- *   together), or NULL. */
+ *   together), or NULL;
+ *   features16, student16: the features / student view as float16 bits
+ *   (binary16) in place of features / student, or NULL: pm_em_batch_widen
+ *   converts them into the workspace (exactly) and points features /
+ *   student there.  Only with index NULL. */
 typedef struct {
     const float *features;
     const float *student;
@@ -327,7 +336,14 @@ typedef struct {
     const int64_t *index;
     const uint8_t *flip;
     int64_t n, B, C, h, w, H, W;
+    const uint16_t *features16;
+    const uint16_t *student16;
 } pm_batch;
+
+/* Widens the float16 features (and student view) of a batch into the
+ * workspace, where they stay valid until the next call on it; a batch
+ * without them is left as it is.  PM_ERR_ARG with an index. */
+int pm_em_batch_widen(pm_em_ws *ws, pm_batch *bt);
 
 /* Weight normalisation, row by row: v (K, C), g (K,) -> theta (K, C).
  * A zero row of v gives a zero row of theta.  g may be NULL (g = 1). */

@@ -224,10 +224,18 @@ def _dense32(a: np.ndarray) -> bool:
     return a.dtype == np.float32 and a.flags.c_contiguous
 
 
+def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rows idx of a as a C-contiguous array the kernels read: float32, or
+    float16 kept as it is (the kernels widen it exactly, in C)."""
+    return np.ascontiguousarray(a[idx], dtype=np.float16 if a.dtype == np.float16
+                                else np.float32)
+
+
 class ArraySource:
     """Batches of an in-memory data set: whole arrays, reshuffled every
     epoch.  float32 C-contiguous features are passed with an index (no
-    copy); others are gathered and converted batch by batch."""
+    copy); others are gathered batch by batch (float16 stays float16 and
+    is widened in C; other dtypes are converted to float32)."""
 
     def __init__(self, features: Any, maps: Any = None, student: Any = None, *,
                  maps_name: str = "masks", check_maps=None, fmt: Fmt = NCHW):
@@ -271,9 +279,8 @@ class ArraySource:
             out["maps"] = self.maps
         else:
             out["index"] = None
-            out["features"] = np.ascontiguousarray(self.features[idx], dtype=np.float32)
-            out["student"] = (None if self.student is None else
-                              np.ascontiguousarray(self.student[idx], dtype=np.float32))
+            out["features"] = _gather(self.features, idx)
+            out["student"] = None if self.student is None else _gather(self.student, idx)
             out["maps"] = None if self.maps is None else self.maps[idx]
         return out
 

@@ -537,3 +537,16 @@ def test_predict_with_unknown_which(data):
 def test_init_pca_needs_enough_channels(rng):
     with pytest.raises(ValueError, match="n_classes = 4 principal directions need at least 4"):
         small_em().init_pca(rng.standard_normal((2, 3, 4, 4)), verbose=False)
+
+
+def test_float16_features_train_as_their_float32_copy(rng):
+    # an in-memory float16 array is gathered batch by batch and widened in
+    # C; a float32 one is read in place by index: the same model either way
+    F = rng.standard_normal((20, 16, 6, 6)).astype(np.float16)
+    M = rng.integers(0, 4, (20, 24, 24)).astype(np.int32)
+    a = small_em(batch_size=6, seed=0).fit((F, M))
+    b = small_em(batch_size=6, seed=0).fit((F.astype(np.float32), M))
+    assert np.array_equal(a.prototypes(), b.prototypes())
+    assert np.array_equal(a.prototypes("student"), b.prototypes("student"))
+    assert a.loss_history_ == b.loss_history_
+    assert a.warmup_loss_history_ == b.warmup_loss_history_

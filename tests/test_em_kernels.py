@@ -353,6 +353,43 @@ def test_index_reads_the_batch_in_place(ws, rng):
     assert ka[0] == kb[0] and np.array_equal(ka[1], kb[1])
 
 
+def test_float16_features_are_widened_exactly(ws, rng):
+    # float16 batches (a feature store's dtype) are widened in C: every
+    # kernel gives the bits of the float32 copy, subnormals included
+    K, C = 4, 8
+    F = rng.standard_normal((5, C, 4, 5)).astype(np.float16)
+    F[0, 0, 0, :3] = [6e-8, -3e-6, 0.0]  # float16 subnormals and zero
+    S = (F * np.float16(0.5)).astype(np.float16)
+    F32, S32 = F.astype(np.float32), S.astype(np.float32)
+    masks = rng.integers(0, 4, (5, 16, 20)).astype(np.int32)
+    labels = make_labels(rng, 5, 16, 20, K)
+    v = rng.standard_normal((K, C)).astype(np.float32)
+    g = np.ones(K, np.float32)
+    flip = np.array([1, 0, 1, 0, 0], bool)
+
+    def same(a, b):
+        a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+        return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+    for f16, f32 in ((F, F32), (F.astype(np.float32), F32)):
+        assert same(_core.em_step(ws, f16, masks, v, g, v * 1.1, g, 2.0, student_features=S,
+                                  flip=flip),
+                    _core.em_step(ws, f32, masks, v, g, v * 1.1, g, 2.0,
+                                  student_features=S32, flip=flip))
+    assert same(_core.kmeans_bwd(ws, F, v), _core.kmeans_bwd(ws, F32, v))
+    assert same(_core.focal_bwd(ws, F, labels, v, g, 2.0), _core.focal_bwd(ws, F32, labels, v, g, 2.0))
+    assert same(_core.em_predict(ws, F, v, (16, 20)), _core.em_predict(ws, F32, v, (16, 20)))
+    # with an index, the rows are read as float32 (NumPy converts them)
+    idx = np.array([4, 1])
+    assert same(_core.em_step(ws, F, masks, v, g, v, g, 2.0, index=idx),
+                _core.em_step(ws, F32[idx], masks[idx], v, g, v, g, 2.0))
+    # float16 NaN / inf are refused as float32 ones are
+    bad = F.copy()
+    bad[1, 2, 0, 1] = np.inf
+    with pytest.raises(ValueError, match="features contains NaN or inf"):
+        _core.em_step(ws, bad, masks, v, g, v, g, 2.0)
+
+
 def test_flip_equals_mirrored_inputs(ws, rng):
     K, C = 4, 8
     F = rng.standard_normal((3, C, 5, 6)).astype(np.float32)

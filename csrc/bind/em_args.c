@@ -139,6 +139,13 @@ int check_map_shape(PyArrayObject *m, const char *name, npy_intp n)
     return 0;
 }
 
+/* Whether obj is a NumPy array of float16. */
+static int is_half(PyObject *obj)
+{
+    return PyArray_Check(obj) &&
+           PyArray_TYPE((PyArrayObject *)obj) == NPY_HALF;
+}
+
 /* Converts and checks the batch arguments; None means absent.  n_classes
  * is needed when labels are given. */
 int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
@@ -147,7 +154,11 @@ int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
 {
     char buf[160], buf2[160];
     memset(a, 0, sizeof *a);
-    a->features = as_array(features, "features", NPY_FLOAT32);
+    /* float16 arrays are widened by the kernel call (pm_em_batch_widen),
+     * with the GIL released; with an index, NumPy converts them here */
+    const int no_index = !index || index == Py_None;
+    a->features = as_array(features, "features",
+                           no_index && is_half(features) ? NPY_HALF : NPY_FLOAT32);
     if (!a->features) return -1;
     if (check_ndim(a->features, "features", 4, 4, "(n, C, h, w)") < 0)
         return -1;
@@ -165,9 +176,13 @@ int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
     bt->h = d[2];
     bt->w = d[3];
     bt->B = d[0];
-    bt->features = PyArray_DATA(a->features);
+    if (PyArray_TYPE(a->features) == NPY_HALF)
+        bt->features16 = PyArray_DATA(a->features);
+    else
+        bt->features = PyArray_DATA(a->features);
     if (student && student != Py_None) {
-        a->student = as_array(student, "student_features", NPY_FLOAT32);
+        a->student = as_array(student, "student_features",
+                              no_index && is_half(student) ? NPY_HALF : NPY_FLOAT32);
         if (!a->student) return -1;
         if (!PyArray_SAMESHAPE(a->student, a->features)) {
             PyErr_Format(PyExc_ValueError,
@@ -177,7 +192,10 @@ int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
                          shape_str(a->student, buf2, sizeof buf2));
             return -1;
         }
-        bt->student = PyArray_DATA(a->student);
+        if (PyArray_TYPE(a->student) == NPY_HALF)
+            bt->student16 = PyArray_DATA(a->student);
+        else
+            bt->student = PyArray_DATA(a->student);
     }
     if (index && index != Py_None) {
         /* image numbers: integers only (a float index would be truncated) */

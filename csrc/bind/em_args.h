@@ -14,7 +14,8 @@
  * maps or labels (n, H, W), an optional index (B,) of the images forming
  * the batch (so that a shuffled batch of an in-memory data set needs no
  * copy) and optional flips (B,).  The workspace's lock is held, with the GIL
- * released, around each kernel.
+ * released, around each kernel.  float16 features (without an index) are
+ * widened to float32 in the workspace inside that locked call.
  */
 
 
@@ -45,7 +46,12 @@
 #define EM_RUN_BATCH(ws, batch, what, call)                                 \
     do {                                                                    \
         int st_;                                                            \
-        EM_CALL(ws, st_, call);                                             \
+        Py_BEGIN_ALLOW_THREADS                                              \
+        pm_em_ws_lock(ws);                                                  \
+        st_ = pm_em_batch_widen(ws, &(batch)->bt);                          \
+        if (st_ == PM_OK) st_ = (call);                                     \
+        pm_em_ws_unlock(ws);                                                \
+        Py_END_ALLOW_THREADS                                                \
         if (st_ != PM_OK) {                                                 \
             raise_batch_status(batch, st_, what);                           \
             goto fail;                                                      \

@@ -21,13 +21,15 @@ class Batches:
 
     Yields, by `maps`: ``(features, masks)`` ("masks"), ``(features,
     None)`` ("none": EM without masks), ``(features, labels)`` ("labels")
-    or bare features ("features").
+    or bare features ("features").  In memory the features are float32;
+    streamed, they are in `dtype` (default: the store's, so a float16 store
+    yields float16 batches, which the kernels widen exactly in C).
     """
 
     def __init__(self, store: FeatureStore, batch_size: int, seed: int, ui: UI,
                  desc: Callable[[], str], maps: str = "masks", shuffle: bool = True,
                  labels: Optional[np.ndarray] = None, in_memory: Optional[bool] = None,
-                 dtype: Any = np.float32):
+                 dtype: Any = None):
         self.store, self.batch_size, self.seed, self.ui = store, batch_size, seed, ui
         self.dtype = dtype
         self.desc, self.maps, self.shuffle, self.labels = desc, maps, shuffle, labels

@@ -29,9 +29,19 @@ def kernel_sources() -> list[str]:
     return sorted(str(p) for p in (REPO / "csrc").glob("*.c"))  # the bindings are in csrc/bind/
 
 
-def compile_test(src: Path, out: Path, sanitize: bool) -> None:
+def variants(src: Path) -> list[list[str]]:
+    """The builds of a test: the default one, and one more per line
+    "variant: -DNAME ..." in its source (e.g. a portable code path)."""
+    out = [[]]
+    for line in src.read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith("* variant:"):
+            out.append(line.split("variant:", 1)[1].split())
+    return out
+
+
+def compile_test(src: Path, out: Path, sanitize: bool, defines: list[str] = ()) -> None:
     cfg = build.native_config()
-    cmd = ["gcc", "-std=c99", "-fopenmp", "-g", "-O1" if sanitize else "-O2"]
+    cmd = ["gcc", "-std=c99", "-fopenmp", "-g", "-O1" if sanitize else "-O2", *defines]
     cmd += WARN + ["-I", str(REPO / "csrc"), "-I", str(REPO / "tests" / "c")]
     cmd += [f"-I{d}" for d in cfg["include_dirs"]]
     if sanitize:
@@ -63,15 +73,17 @@ def main(argv=None) -> int:
     failed = []
     with tempfile.TemporaryDirectory() as tmp:
         for src in tests:
-            exe = Path(tmp) / src.stem
-            compile_test(src, exe, args.sanitize)
-            cmd = [str(exe)]
-            if args.valgrind:
-                cmd = ["valgrind", "--error-exitcode=3", "--leak-check=full", "--show-possibly-lost=no",
-                       "--errors-for-leak-kinds=definite", "-q"] + cmd
-            print("running", " ".join(cmd), flush=True)
-            if subprocess.run(cmd, env=env).returncode != 0:
-                failed.append(src.name)
+            for k, defines in enumerate(variants(src)):
+                exe = Path(tmp) / f"{src.stem}{'_' + str(k) if k else ''}"
+                compile_test(src, exe, args.sanitize, defines)
+                cmd = [str(exe)]
+                if args.valgrind:
+                    cmd = ["valgrind", "--error-exitcode=3", "--leak-check=full",
+                           "--show-possibly-lost=no", "--errors-for-leak-kinds=definite",
+                           "-q"] + cmd
+                print("running", " ".join(cmd), *defines, flush=True)
+                if subprocess.run(cmd, env=env).returncode != 0:
+                    failed.append(" ".join([src.name, *defines]))
     if failed:
         print("FAILED:", ", ".join(failed))
         return 1

@@ -213,7 +213,7 @@ static void test_pseudo_labels(pm_em_ws *ws)
         for (int64_t X = 0; X < W; X++)
             masks[Y * W + X] = Y < 2 ? (X < 5 ? 4 : 9) : 0;
     uint8_t out[32];
-    pm_batch bt = {F, NULL, masks, NULL, NULL, NULL, 1, 1, C, h, w, H, W};
+    pm_batch bt = {F, NULL, masks, NULL, NULL, NULL, 1, 1, C, h, w, H, W, NULL, NULL};
     CHECK_STATUS(pm_teacher_pseudo(ws, &bt, theta, K, out), PM_OK);
     for (int64_t Y = 0; Y < H; Y++)
         for (int64_t X = 0; X < W; X++) {
@@ -229,7 +229,7 @@ static void test_pseudo_labels(pm_em_ws *ws)
     for (int64_t Y = 0; Y < H; Y++)
         for (int64_t X = 0; X < W; X++) Mm[Y * W + X] = masks[Y * W + W - 1 - X];
     uint8_t a[32], b[32];
-    pm_batch bf = {Fm, NULL, Mm, NULL, NULL, &flip, 1, 1, C, h, w, H, W};
+    pm_batch bf = {Fm, NULL, Mm, NULL, NULL, &flip, 1, 1, C, h, w, H, W, NULL, NULL};
     CHECK_STATUS(pm_teacher_pseudo(ws, &bf, theta, K, a), PM_OK);
     bf.flip = NULL;
     CHECK_STATUS(pm_teacher_pseudo(ws, &bf, theta, K, b), PM_OK);
@@ -249,7 +249,7 @@ static void test_kmeans(pm_em_ws *ws)
     float *v = pm_test_alloc_rand((size_t)(K * C));
     float dv[18];
     double loss = 0, loss_f = 0;
-    pm_batch bt = {F, NULL, NULL, NULL, NULL, NULL, B, B, C, h, w, 1, 1};
+    pm_batch bt = {F, NULL, NULL, NULL, NULL, NULL, B, B, C, h, w, 1, 1, NULL, NULL};
     CHECK_STATUS(pm_kmeans_bwd(ws, &bt, v, K, &loss, dv), PM_OK);
     CHECK_STATUS(pm_kmeans_fwd(ws, &bt, v, K, &loss_f), PM_OK);
     CHECK(loss == loss_f);
@@ -312,7 +312,7 @@ static void test_thread_invariance(pm_em_ws *ws)
     }
     const int64_t index[4] = {3, 0, 4, 0};
     const uint8_t flip[4] = {1, 0, 0, 1};
-    pm_batch bt = {F, NULL, masks, labels, index, flip, n, B, C, h, w, H, W};
+    pm_batch bt = {F, NULL, masks, labels, index, flip, n, B, C, h, w, H, W, NULL, NULL};
     double chi[3][6], loss[3], ploss[3];
     float dW[3][72], db[3][6];
     uint8_t *pseudo[3];
