@@ -22,6 +22,10 @@ from .crf import check_images, predict_refined, resolve_crf
 
 FORMAT = "primaps.PriMaPsEM"
 FORMAT_VERSION = 2  # 2: the metadata carry their own CRC-32 and the provenance
+# init_pca keeps the pixel sample of batches (in their dtype) up to this
+# size for the sign pass, instead of reading the batches a second time.
+KEEP_SAMPLE_BYTES = 2 << 30
+SIGN_CHUNK_PIXELS = 2048
 
 __all__ = ["PriMaPsEM", "Prototypes", "ema_decay"]
 
@@ -264,7 +268,7 @@ class PriMaPsEM(WorkspaceOwner):
     @exclusive
     def init_pca(self, features: Any, max_pixels: int = 2_000_000,
                  progress: bool = False, _fmt: tuple | None = None, *,
-                 verbose: bool | None = None) -> "PriMaPsEM":
+                 verbose: bool | None = None, n_pixels: int | None = None) -> "PriMaPsEM":
         """Set ``v`` to the top-K principal directions of the features.
 
         The covariance of (a sample of at most `max_pixels`) pixels is
@@ -278,30 +282,45 @@ class PriMaPsEM(WorkspaceOwner):
         ----------
         features : array (n, C, h, w), or an iterable of batches
             In-memory features, or re-iterable batches (arrays or tuples
-            whose first entry is the features).
+            whose first entry is the features).  Batches are read once when
+            `n_pixels` is given (the sample is kept, in the batches' dtype,
+            for the signs), else twice (the first pass counts the pixels).
         max_pixels : int
             Pixels sampled at most (a fixed stride per image).
+        n_pixels : int, optional
+            The number of pixels (n h w) the batches hold, when known (a
+            feature store knows it); a wrong count is a ValueError.
         """
         max_pixels = check_int(max_pixels, "max_pixels", 1)
         images = _ImageStream(features, self._fmt if _fmt is None else _fmt)
-        total = images.count_pixels()
+        if images.array is not None or n_pixels is None:
+            total = images.count_pixels()
+        else:
+            total = check_int(n_pixels, "n_pixels", 1)
         if total == 0:
-            raise ValueError("features hold no pixels")
+            raise ValueError("features hold no images" if images.channels is None
+                             else "features hold no pixels")
         stride = max(1, -(-total // max_pixels))
-        C = images.channels
         K = self.n_classes
-        if K > C:
-            raise ValueError(f"n_classes = {K} principal directions need at least {K} "
-                             f"feature channels, got {C}")
+        C = None
         shift = None
-        S = np.zeros((C, C))
-        s1 = np.zeros(C)
-        count = 0
-        total = None if images.array is None else int(images.array.shape[0])
-        with progress_bar(total, "PCA init", want_progress(progress, verbose), "img") as bar:
+        S = s1 = None
+        count = seen = 0
+        # the sample of an iterable, for the sign pass without a second read
+        kept: list | None = [] if images.array is None else None
+        kept_bytes = 0
+        n_images = None if images.array is None else int(images.array.shape[0])
+        with progress_bar(n_images, "PCA init", want_progress(progress, verbose), "img") as bar:
             for k, x in enumerate(images):
-                xs = np.ascontiguousarray(x.reshape(C, -1)[:, k % stride::stride],
-                                          dtype=np.float32)
+                if C is None:
+                    C = x.shape[0]
+                    if K > C:
+                        raise ValueError(f"n_classes = {K} principal directions need at "
+                                         f"least {K} feature channels, got {C}")
+                    S, s1 = np.zeros((C, C)), np.zeros(C)
+                seen += x.shape[1] * x.shape[2]
+                raw = x.reshape(C, -1)[:, k % stride::stride]
+                xs = np.ascontiguousarray(raw, dtype=np.float32)
                 if xs.shape[1] == 0:
                     continue
                 if not np.all(np.isfinite(xs)):
@@ -309,10 +328,20 @@ class PriMaPsEM(WorkspaceOwner):
                 if shift is None:
                     shift = xs.mean(axis=1, dtype=np.float64).astype(np.float32)
                 xc = xs - shift[:, None]
-                S += (xc @ xc.T).astype(np.float64)
+                S += xc @ xc.T  # float32 products, summed in float64
                 s1 += xc.sum(axis=1, dtype=np.float64)
                 count += xc.shape[1]
+                if kept is not None:
+                    kept_bytes += raw.nbytes
+                    if kept_bytes <= KEEP_SAMPLE_BYTES:
+                        kept.append(np.ascontiguousarray(raw))
+                    else:
+                        kept = None  # too large: the signs read the batches again
                 bar.update(1)
+        if C is None:
+            raise ValueError("features hold no images")
+        if images.array is None and n_pixels is not None and seen != total:
+            raise ValueError(f"n_pixels = {total}, but the features hold {seen} pixels")
         d = s1 / count
         cov = S / count - np.outer(d, d)
         evals, evecs = np.linalg.eigh(cov)
@@ -321,11 +350,11 @@ class PriMaPsEM(WorkspaceOwner):
         hi = np.full(K, -np.inf)
         lo = np.full(K, np.inf)
         Vf = V.astype(np.float32)
-        for k, x in enumerate(images):
-            xs = np.ascontiguousarray(x.reshape(C, -1)[:, k % stride::stride],
-                                      dtype=np.float32)
-            if xs.shape[1] == 0:
-                continue
+        if kept is None:
+            kept = (x.reshape(C, -1)[:, k % stride::stride] for k, x in enumerate(images))
+        # the pixels' cosine similarities, a few MB of pixels per product
+        # (every pixel's projection and norm are those of its own column)
+        for xs in _column_chunks(kept, SIGN_CHUNK_PIXELS):
             n = np.linalg.norm(xs.astype(np.float64), axis=0)
             proj = (Vf @ xs).astype(np.float64)
             s = np.divide(proj, n, out=np.zeros_like(proj), where=n > 0)
@@ -338,7 +367,6 @@ class PriMaPsEM(WorkspaceOwner):
         self._km_adam = None
         return self
 
-    @exclusive
     def init_from(self, prototypes: Any) -> "PriMaPsEM":
         """Start student and teacher from external cluster centres.
 
@@ -719,6 +747,23 @@ def _count(state: dict, key: str, path: Any, hi: int | None = None) -> int:
     return x
 
 
+def _column_chunks(parts: Iterable[np.ndarray], pixels: int) -> Iterator[np.ndarray]:
+    """The (C, m) pixel samples of `parts` as float32 (C, n) arrays of about
+    `pixels` columns (empty samples skipped), in order."""
+    group: list = []
+    size = 0
+    for a in parts:
+        if a.shape[1] == 0:
+            continue
+        group.append(a)
+        size += a.shape[1]
+        if size >= pixels:
+            yield np.concatenate(group, axis=1, dtype=np.float32)
+            group, size = [], 0
+    if group:
+        yield np.concatenate(group, axis=1, dtype=np.float32)
+
+
 class _ImageStream:
     """Images (C, h, w) of an array or of a re-iterable of batches."""
 
@@ -737,11 +782,7 @@ class _ImageStream:
             check_reiterable(features, 2, "features")
             self.array = None
             self.batches = features
-            self.channels = None
-            first = next(iter(self), None)
-            if first is None:
-                raise ValueError("features hold no images")
-            self.channels = first.shape[0]
+            self.channels = None  # of the first batch read
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.array is not None:
@@ -750,7 +791,9 @@ class _ImageStream:
         for item in self.batches:
             x = item[0] if isinstance(item, (tuple, list)) else item
             x = as_features(x, fmt=self.fmt)
-            if self.channels is not None and x.shape[1] != self.channels:
+            if self.channels is None:
+                self.channels = x.shape[1]
+            elif x.shape[1] != self.channels:
                 raise ValueError(f"features have {x.shape[1]} channels, expected "
                                  f"{self.channels}")
             yield from x

@@ -228,6 +228,42 @@ def test_init_pca_gives_signed_principal_directions(data, rng):
     assert np.all(np.abs(np.sum(em3.student_.v * V, axis=1)) > 0.8)
 
 
+def test_init_pca_reads_batches_once_with_their_pixel_count(data, monkeypatch):
+    # with n_pixels the batches are read once (the sample kept, in their
+    # dtype, for the signs); the directions are the bits of the array's
+    F, _, _ = data
+    F16 = F.astype(np.float16)
+    ref = small_em().init_pca(F16.astype(np.float32), max_pixels=500, verbose=False).student_.v
+
+    class Once:
+        reads = 0
+
+        def __iter__(self):
+            Once.reads += 1
+            yield F16[:5]
+            yield F16[5:]
+
+    n = F.shape[0] * F.shape[2] * F.shape[3]
+    em = small_em().init_pca(Once(), max_pixels=500, n_pixels=n, verbose=False)
+    assert Once.reads == 1
+    np.testing.assert_array_equal(em.student_.v, ref)
+    # a sample over the size kept is read again instead: the same bits
+    import primaps.em as em_mod
+    monkeypatch.setattr(em_mod, "KEEP_SAMPLE_BYTES", 0)
+    Once.reads = 0
+    em = small_em().init_pca(Once(), max_pixels=500, n_pixels=n, verbose=False)
+    assert Once.reads == 2
+    np.testing.assert_array_equal(em.student_.v, ref)
+    Once.reads = 0
+    np.testing.assert_array_equal(small_em().init_pca(Once(), max_pixels=500,
+                                                      verbose=False).student_.v, ref)
+    assert Once.reads == 3  # counting, covariance, signs
+    with pytest.raises(ValueError, match="n_pixels = 7, but the features hold"):
+        small_em().init_pca(Once(), n_pixels=7, verbose=False)
+    with pytest.raises(ValueError, match="features hold no images"):
+        small_em().init_pca([], verbose=False)
+
+
 def test_init_from_sets_both_and_skips_warmup(data, rng):
     F, masks, _ = data
     P = rng.standard_normal((4, 16))

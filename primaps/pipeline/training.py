@@ -7,7 +7,9 @@ resuming or scoring a model of other inputs.  The EM step itself is
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import numpy as np
 
 from ..config import Config, ConfigError
 from ..em import PriMaPsEM
@@ -47,12 +49,29 @@ def _summary(em: PriMaPsEM, seconds: float) -> dict:
     return out
 
 
-def _pca_source(train: Batches) -> Any:
+class _StoreShards:
+    """The images of a store shard by shard (memory-mapped, in store order
+    and dtype), with a progress bar: what `init_pca` reads in one pass."""
+
+    def __init__(self, store: FeatureStore, ui: UI):
+        self.store, self.ui = store, ui
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        with self.ui.progress(len(self.store), "PCA init") as bar:
+            for _, feats in self.store.iter_shards():
+                yield feats
+                bar.update(feats.shape[0])
+
+
+def _init_pca(em: PriMaPsEM, train: Batches) -> None:
+    """`init_pca` on the training features: the array in memory, else the
+    store in one pass (its pixel count is known, the float16 sample kept)."""
     if train.features is not None:
-        return train.features
-    # the store's dtype (float16): init_pca converts only the pixels it samples
-    return Batches(train.store, 256, 0, train.ui, lambda: "PCA init", maps="features",
-                   shuffle=False, in_memory=False, dtype=None)
+        em.init_pca(train.features, verbose=False)
+        return
+    store = train.store
+    _, h, w = store.item_shape
+    em.init_pca(_StoreShards(store, train.ui), verbose=False, n_pixels=len(store) * h * w)
 
 
 def training_fields(cfg: Config) -> Dict[str, Any]:
@@ -183,7 +202,7 @@ def _fit(cfg: Config, paths: Paths, ui: UI, restart: bool) -> dict:
     write_run_info(cfg, paths.out)
     t = time.perf_counter()
     if resumed is None:
-        em.init_pca(_pca_source(train), verbose=False)
+        _init_pca(em, train)
         out["resumed_from_epoch"] = 0
     else:
         done = em.warmup_epoch_ + em.epoch_
@@ -207,7 +226,7 @@ def _fit(cfg: Config, paths: Paths, ui: UI, restart: bool) -> dict:
         feats = train.features if train.features is not None else Batches(
             store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(km, "baseline"),
             maps="features", in_memory=False)
-        km.init_pca(_pca_source(train), verbose=False)
+        _init_pca(km, train)
         km.warmup(feats, progress=bars and "baseline")
         km.save(paths.baseline)
         out["kmeans"] = _summary(km, time.perf_counter() - t)
@@ -218,7 +237,7 @@ def _fit(cfg: Config, paths: Paths, ui: UI, restart: bool) -> dict:
         nomask = train.arrays("none") or Batches(
             store, cfg.em.batch_size, cfg.run.seed, ui, _em_desc(ab, "EM without masks"),
             maps="none", in_memory=False)
-        ab.init_pca(_pca_source(train), verbose=False)
+        _init_pca(ab, train)
         ab.fit(nomask, progress=bars and "EM without masks", label_size=size)
         ab.save(paths.ablation)
         out["em_no_masks"] = _summary(ab, time.perf_counter() - t)
