@@ -45,6 +45,7 @@
 
 #include "em_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -261,7 +262,8 @@ static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
     /* zh, gh: nr_max x nseg blocks of K x PM_SEG; t, e: K x PM_SEG;
      * lacc: W; 7 rows of PM_SEG; a low-resolution row with 32 spare */
     p->tile = 2 * K * p->nr_max * nseg_of(W) * PM_SEG + 2 * K * PM_SEG +
-              pad16(W) + 7 * PM_SEG + pad16(w + 32);
+              pad16(W) + 7 * PM_SEG + pad16(w + 32) +
+              2 * p->nr_max * pad16(w); /* + the argmax's class runs */
     return PM_OK;
 }
 
@@ -269,6 +271,7 @@ typedef struct {
     float *zh, *gh, *t, *e, *lacc;
     float *m, *s, *inv, *c, *cs, *zt, *row;
     int32_t *lt;
+    int32_t *cls, *run; /* nr_max x pad16(w) each: band_classes */
 } tile_t;
 
 static tile_t tile_carve(const up_plan *p, float *base)
@@ -288,6 +291,8 @@ static tile_t tile_carve(const up_plan *p, float *base)
     tl.zt = tl.cs + PM_SEG;
     tl.lt = (int32_t *)(tl.zt + PM_SEG);
     tl.row = tl.zt + 2 * PM_SEG;
+    tl.cls = (int32_t *)(tl.row + pad16(p->w + 32));
+    tl.run = tl.cls + p->nr_max * pad16(p->w);
     return tl;
 }
 
@@ -783,6 +788,102 @@ int pm_label_ce_bwd(pm_em_ws *ws, const float *Z, const uint8_t *labels,
                           w, H, W, loss, dZ);
 }
 
+/*
+ * The argmax shortcut.  An output pixel's logits are a convex combination
+ * of those of its (at most) four low-resolution corners, so if class c
+ * beats every other class at each corner by a margin d_i, it beats them in
+ * the combination by at least min d_i.  The float arithmetic of the
+ * interpolation (two two-term combinations) is off by at most about
+ * 12 u M in a difference of two classes (u = 2^-24, M the corners' largest
+ * |logit|), so with every d_i > PM_ARGMAX_MARGIN M (2^-18 M, 5x that
+ * bound; M is taken over the whole band) the argmax computed pixel by
+ * pixel is c, ties included: the shortcut fills such pixels with c and
+ * gives the same bits.
+ *
+ * cls[r][x]: the argmax of low-resolution pixel (ylo + r, x) when its
+ * margin is large enough, else -1 (all -1 if the band holds a NaN or an
+ * inf); run[r][x]: the
+ * last column x' >= x with cls[r][x..x'] all equal to cls[r][x] >= 0
+ * (x - 1 when cls[r][x] = -1).
+ */
+#define PM_ARGMAX_MARGIN 3.814697265625e-06f /* 2^-18 */
+
+static void band_classes(const up_plan *p, const float *Zimg, int64_t ylo,
+                         int64_t nr, int32_t *cls, int32_t *run)
+{
+    const int64_t K = p->K, w = p->w, N = p->h * p->w, ld = pad16(w);
+    /* one pass: every pixel's winner and margin (kept in run, as floats,
+     * until the band's largest |logit| is known), then the test */
+    float *margin = (float *)run;
+    float M = 0.0f;
+    int finite = 1;
+    for (int64_t r = 0; r < nr; r++)
+        for (int64_t x = 0; x < w; x++) {
+            const float *z = Zimg + (ylo + r) * w + x;
+            float best = z[0], second = -INFINITY, big = fabsf(z[0]);
+            int32_t c = 0;
+            for (int64_t k = 1; k < K; k++) {
+                const float v = z[k * N], a = fabsf(v);
+                big = a > big ? a : big;
+                if (v > best) {
+                    second = best;
+                    best = v;
+                    c = (int32_t)k;
+                } else if (v > second) {
+                    second = v;
+                }
+            }
+            finite &= big <= FLT_MAX; /* NaN and inf: no shortcut */
+            M = big > M ? big : M;
+            cls[r * ld + x] = c;
+            margin[r * ld + x] = K == 1 ? INFINITY : best - second;
+        }
+    const float need = finite ? PM_ARGMAX_MARGIN * M : INFINITY;
+    for (int64_t r = 0; r < nr; r++) {
+        int32_t *cr = cls + r * ld, *rr = run + r * ld;
+        const float *mr = margin + r * ld;
+        for (int64_t x = 0; x < w; x++)
+            if (!(finite && mr[x] > need)) cr[x] = -1;
+        for (int64_t x = w - 1; x >= 0; x--)
+            rr[x] = cr[x] < 0 ? (int32_t)(x - 1)
+                    : (x + 1 < w && cr[x + 1] == cr[x]) ? rr[x + 1]
+                                                        : (int32_t)x;
+    }
+}
+
+/* Segment sg of an output row that reads band rows r0, r1, by chunks of
+ * PM_ARGMAX_CHUNK pixels (a vector's width): a chunk whose corners are all
+ * clear and of one class is filled with it; runs of the other chunks go
+ * to seg_argmax. */
+#define PM_ARGMAX_CHUNK 16
+
+static void seg_argmax_cells(const up_plan *p, const tile_t *tl, vrow v,
+                             int64_t sg, int32_t *out)
+{
+    const int64_t ld = pad16(p->w), X0 = sg * PM_SEG, n = seg_len(p->W, sg);
+    const int64_t nseg = nseg_of(p->W), K = p->K;
+    const int32_t *i0 = p->x0 + X0, *i1 = p->x1 + X0;
+    const int32_t *c0 = tl->cls + v.r0 * ld, *c1 = tl->cls + v.r1 * ld;
+    const int32_t *u0 = tl->run + v.r0 * ld, *u1 = tl->run + v.r1 * ld;
+    const float *zh0 = seg_block(tl->zh, v.r0, sg, nseg, K);
+    const float *zh1 = seg_block(tl->zh, v.r1, sg, nseg, K);
+    int64_t slow = 0; /* start of the pending run of unclear chunks */
+    for (int64_t X = 0; X < n; X += PM_ARGMAX_CHUNK) {
+        const int64_t E = X + PM_ARGMAX_CHUNK < n ? X + PM_ARGMAX_CHUNK : n;
+        const int32_t xa = i0[X], xb = i1[E - 1], c = c0[xa];
+        if (c >= 0 && u0[xa] >= xb && c1[xa] == c && u1[xa] >= xb) {
+            if (slow < X)
+                seg_argmax(zh0 + slow, zh1 + slow, PM_SEG, v.a, v.b, K,
+                           X - slow, tl->m, out + slow);
+            for (int64_t i = X; i < E; i++) out[i] = c;
+            slow = E;
+        }
+    }
+    if (slow < n)
+        seg_argmax(zh0 + slow, zh1 + slow, PM_SEG, v.a, v.b, K, n - slow,
+                   tl->m, out + slow);
+}
+
 int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
                     int64_t h, int64_t w, int64_t H, int64_t W, int32_t *out)
 {
@@ -803,13 +904,12 @@ int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
             int64_t Y0, Y1, ylo, nr;
             band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
             band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
+            band_classes(&p, Z + b * K * h * w, ylo, nr, tl.cls, tl.run);
             for (int64_t Y = Y0; Y < Y1; Y++) {
                 const vrow v = vrow_of(&p, Y, ylo);
                 for (int64_t sg = 0; sg < nseg; sg++)
-                    seg_argmax(seg_block(tl.zh, v.r0, sg, nseg, K),
-                               seg_block(tl.zh, v.r1, sg, nseg, K), PM_SEG,
-                               v.a, v.b, K, seg_len(W, sg), tl.m,
-                               out + (b * H + Y) * W + sg * PM_SEG);
+                    seg_argmax_cells(&p, &tl, v, sg,
+                                     out + (b * H + Y) * W + sg * PM_SEG);
             }
         }
     }

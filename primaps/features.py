@@ -777,7 +777,8 @@ class FeatureStore:
         carry_ids: List[str] = []
         carry: Optional[np.ndarray] = None
         for window in self._windows(order, max_memory):
-            arrays = [self._load_shard(shards[k]) for k in window]
+            # memory maps (checked on first use): rows are copied once, into the batch
+            arrays = [self._open_shard(shards[k]) for k in window]
             rows = [(a, r) for a in range(len(window)) for r in range(arrays[a].shape[0])]
             if shuffle:
                 rows = [rows[j] for j in rng.permutation(len(rows))]

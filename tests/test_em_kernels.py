@@ -217,6 +217,28 @@ def test_label_argmax_is_argmax_of_upsampled_logits(ws, rng, lo, hi):
     assert not np.any(out == 3)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 3e4])
+def test_label_argmax_shortcut_keeps_the_bits(ws, rng, scale):
+    """Where every corner of a pixel has the same clear winner the kernel
+    fills the class without interpolating; near ties, exact ties between
+    regions, large and tiny logits, odd sizes and downsampling give the
+    argmax of primaps.upsample_bilinear all the same."""
+    K = 9
+    for lo, hi in (((40, 40), (320, 320)), ((13, 17), (100, 61)), ((9, 6), (4, 3)),
+                   ((23, 23), (322, 322))):
+        h, w = lo
+        cls = np.repeat(np.repeat(rng.integers(0, K, (2, 3, 3)), -(-h // 3), 1),
+                        -(-w // 3), 2)[:, :h, :w]
+        Z = rng.standard_normal((2, K, h, w)).astype(np.float32) * 0.1
+        np.put_along_axis(Z, cls[:, None], 3.0, axis=1)  # clear winners in regions
+        Z[0, :, : h // 2, : w // 2] = 1.0  # exact ties everywhere: class 0 wins
+        Z[1, 2, : h // 3] = Z[1, 5, : h // 3] = 3.0 + 1e-7  # ties of two classes
+        Z[1, 4, h // 2] = 3.0 + np.float32(2.0) ** -20  # margins near the bound
+        Z *= np.float32(scale)
+        out = _core.label_argmax(ws, Z, hi)
+        assert np.array_equal(out, primaps.upsample_bilinear(Z, hi).argmax(axis=1)), (lo, hi)
+
+
 def test_kmeans_matches_twin(ws, rng):
     K, C = 5, 24
     F = rng.standard_normal((3, C, 6, 7)).astype(np.float32)
