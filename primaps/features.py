@@ -16,8 +16,8 @@ CRC-32: a truncated shard is reported when the store opens, a corrupt one
 when it is first read (or by :meth:`FeatureStore.verify`), with the file name.
 
 Training streams the store in bounded memory (:meth:`FeatureStore.batches`):
-a window of shards is read into memory, its rows shuffled, batches yielded,
-then the window is dropped; shard order is shuffled too.
+a window of shards is memory-mapped, its rows shuffled and copied into
+batches, then the window is unmapped; shard order is shuffled too.
 """
 
 from __future__ import annotations
@@ -117,33 +117,6 @@ def _read_header(f, path: Path) -> Tuple[tuple, bool, np.dtype]:
         raise ValueError(f"unsupported .npy format version {version}")
     except ValueError as exc:
         raise FeatureStoreError(path, f"not a valid .npy shard ({exc})") from exc
-
-
-def _read_npy_into_memory(path: Path, entry: Mapping[str, Any], verify: bool) -> np.ndarray:
-    """Read a whole shard into a new array (no mapping), checking its CRC."""
-    with open(path, "rb") as f:
-        shape, fortran, dtype = _read_header(f, path)
-        if fortran or list(shape) != list(entry["shape"]) or dtype.hasobject:
-            raise FeatureStoreError(
-                path, f"the shard holds shape {shape}, the index says {entry['shape']}"
-            )
-        head_len = f.tell()
-        _check_payload(path, shape, dtype, head_len, entry)
-        out = np.empty(shape, dtype=dtype)
-        buf = out.reshape(-1).view(np.uint8)
-        crc = 0
-        if verify:
-            f.seek(0)
-            crc = zlib.crc32(f.read(head_len))
-        for start in range(0, buf.size, CHUNK):
-            chunk = buf[start : start + CHUNK]
-            if f.readinto(chunk.data) != chunk.size:
-                raise FeatureStoreError(path, "the shard ends early (truncated)")
-            if verify:
-                crc = zlib.crc32(chunk, crc)
-    if verify and f"{crc & 0xFFFFFFFF:08x}" != entry["crc32"]:
-        raise FeatureStoreError(path, "checksum mismatch: the shard is corrupt")
-    return out
 
 
 def _check_payload(path: Path, shape, dtype: np.dtype, head_len: int, entry: Mapping[str, Any]) -> None:
@@ -658,7 +631,9 @@ class FeatureStore:
             self._verified.add(entry["file"])
         try:
             with open(path, "rb") as f:
-                shape, _, dtype = _read_header(f, path)
+                shape, fortran, dtype = _read_header(f, path)
+                if fortran or dtype.hasobject:
+                    raise ValueError("not a C-ordered numeric array")
                 _check_payload(path, shape, dtype, f.tell(), entry)
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -726,9 +701,10 @@ class FeatureStore:
     ) -> Iterator[tuple]:
         """Stream the store in batches with bounded memory.
 
-        Shards are read a window at a time (as many whole shards as fit in
-        `max_memory`, at least one), the window's rows shuffled, batches
-        yielded, and the window dropped before the next is read.  With
+        Shards are memory-mapped a window at a time (as many whole shards
+        as fit in `max_memory`, at least one; each checked against its CRC
+        on first use), the window's rows shuffled and copied into batches,
+        and the window unmapped before the next is mapped.  With
         `shuffle`, the shard order is a random permutation too.  Peak memory
         is about ``max_memory`` (or one shard, if larger) plus two batches.
 
@@ -796,14 +772,6 @@ class FeatureStore:
         if carry is not None and not drop_last:
             sel = [(-1, r) for r in range(carry.shape[0])]
             yield self._gather(sel, [], carry, carry_ids, [], out_dtype, masks)
-
-    def _load_shard(self, entry: Mapping[str, Any]) -> np.ndarray:
-        """A whole shard read into memory, its CRC checked on first use."""
-        check = self.verify_reads and entry["file"] not in self._verified
-        data = _read_npy_into_memory(self.path / entry["file"], entry, check)
-        if check:
-            self._verified.add(entry["file"])
-        return data
 
     def _windows(self, order: np.ndarray, max_memory: int) -> Iterator[List[int]]:
         shards = self._index["shards"]
