@@ -88,6 +88,35 @@ def make_batch(B, C, h, w, H, W, K, seed=0):
     return F, masks, init
 
 
+def breakdown(em, F, masks, H, W, repeat):
+    """Where a step's time goes: its kernels called one by one on the step's
+    inputs (teacher pseudo labels, the student's logits and the two passes
+    at label resolution, the weight gradient), medians in seconds."""
+    ws, t, s = em._ws, em.teacher_, em.student_
+    theta_t, theta_s = t.theta(), s.theta()
+    labels = _core.teacher_pseudo(ws, F, masks, theta_t)
+    Z = np.ascontiguousarray(np.einsum("kc,bchw->bkhw", theta_s, F), dtype=np.float32)
+    chi = _core.label_softmax_mean(ws, Z, (H, W))
+    wt = np.power(np.clip(1.0 - chi, 0.0, None), em.focal_gamma).astype(np.float32)
+    scale = 1.0 / (F.shape[0] * H * W)
+    parts = {
+        "teacher pseudo labels (logits, label-resolution argmax, mode per mask)":
+            lambda: _core.teacher_pseudo(ws, F, masks, theta_t),
+        "  of which the label-resolution argmax": lambda: _core.label_argmax(ws, Z, (H, W)),
+        "focal pass 1: class confidences (softmax at label resolution)":
+            lambda: _core.label_softmax_mean(ws, Z, (H, W)),
+        "focal pass 2: loss and gradient (softmax, adjoint)":
+            lambda: _core.label_ce_bwd(ws, Z, labels, wt, scale),
+        "logits and weight gradient (oneDNN, K-means step as proxy)":
+            lambda: _core.kmeans_bwd(ws, F, s.v),
+    }
+    out = {}
+    for name, fn in parts.items():
+        fn()
+        out[name] = float(np.median(timed(fn, repeat)[0]))
+    return out
+
+
 # --------------------------------------------------------------------- torch
 
 
@@ -191,7 +220,29 @@ def main(argv=None) -> int:
           f"{1 / np.median(wall):8.2f} steps/s  cpu {np.median(cpu) * 1e3:8.1f} ms/step  "
           f"peak extra {mem_ours:7.1f} MiB (workspace {ws_mb:.1f} MiB)")
 
+    # the batch as a float16 store holds it: widened in C, or (what the
+    # pipeline did before) converted in NumPy first
+    F16 = F.astype(np.float16)
+    F16_32 = F16.astype(np.float32)
+    step16 = lambda: em.partial_fit((F16, masks))  # noqa: E731
+    step16_numpy = lambda: em.partial_fit((F16.astype(np.float32), masks))  # noqa: E731
+    step16()
+    w16, _ = timed(step16, args.repeat)
+    w16n, _ = timed(step16_numpy, args.repeat)
+    w32, _ = timed(lambda: em.partial_fit((F16_32, masks)), args.repeat)
+    print(f"ours, float16   {np.median(w16) * 1e3:9.1f} ms/step (widened in C; "
+          f"{np.median(w16n) * 1e3:.1f} ms converting in NumPy first, "
+          f"{np.median(w32) * 1e3:.1f} ms on its float32 copy)")
+    parts = breakdown(em, F, masks, H, W, args.repeat)
+    step = float(np.median(wall))
+    print("where a step's time goes (kernels alone, same inputs):")
+    for name, sec in parts.items():
+        print(f"  {name:72s} {sec * 1e3:7.1f} ms  {100 * sec / step:5.1f} %")
+
     record = {"batch": B, "channels": C, "classes": K, "feature_size": h, "label_size": H,
+              "ours_float16_s_per_step": float(np.median(w16)),
+              "ours_float16_numpy_s_per_step": float(np.median(w16n)),
+              "breakdown_s": parts,
               "threads": threads, "ours_s_per_step": float(np.median(wall)),
               "ours_cpu_s_per_step": float(np.median(cpu)),
               "ours_steps_per_s": float(1 / np.median(wall)),

@@ -1,8 +1,9 @@
 /*
- * em_label.c -- softmax, cross-entropy and argmax of bilinearly upsampled
- * logits at label resolution, fused and tiled: pm_label_softmax_mean (the
- * class confidences of the teacher), pm_label_ce_* (the focal and probe
- * losses' cross-entropy and its gradient) and pm_label_argmax.
+ * em_label.c -- softmax and cross-entropy of bilinearly upsampled logits
+ * at label resolution, fused and tiled: pm_label_softmax_mean (the class
+ * confidences that weight the focal loss) and pm_label_ce_* (the focal and
+ * probe losses' cross-entropy and its gradient).  The argmax is in
+ * em_argmax.c, the plan of bands and segments both use in em_plan.c.
  *
  * The resolution trick.  The original upsamples the C-channel features to
  * the label size and applies the 1x1 convolution there.  Bilinear
@@ -43,27 +44,13 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "em_internal.h"
+#include "em_plan.h"
 
-#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Output rows per band of the label-resolution kernels: small enough for
- * parallel slack on one image, large enough that the interpolated
- * low-resolution rows (about PM_BAND_ROWS * h / H + 2 of them) are reused. */
-#define PM_BAND_ROWS 64
-/* Pixels of a row segment: its K x PM_SEG softmax tiles stay in L1. */
-#define PM_SEG 64
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PM_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
-#else
-#define PM_CLONES
-#endif
 
 /* ======================================================================== */
 /* exp and log as vectorisable polynomials                                  */
@@ -122,272 +109,8 @@ static inline float pm_log_pos(float x)
 }
 
 /* ======================================================================== */
-/* Label resolution: bands of output rows                                   */
+/* Softmax, cross-entropy: the row kernels and the passes                   */
 /* ======================================================================== */
-
-typedef struct {
-    pm_axis_table ty, tx;
-    int32_t *x0, *x1; /* tx.i0, tx.i1 as int32 */
-    int64_t *a0, *a1; /* X with i0[X] = x: [a0[x], a0[x+1]); a1 for i1 */
-    int64_t *boff;    /* offset of pixel X of class 0 in a row of blocks */
-    /* Horizontal interpolation by 16-wide permutes (when every 16 outputs
-     * read at most 32 consecutive inputs, i.e. when upsampling): chunk c
-     * reads inputs vbase[c] + [0, 32), output j takes inputs vidx[32c + j]
-     * and vidx[32c + 16 + j] with weights vl[32c + j], vl[32c + 16 + j]. */
-    int vec_ok;
-    int32_t *vbase, *vidx;
-    float *vl;
-    int64_t B, K, h, w, H, W;
-    int64_t nbands; /* per image */
-    int64_t nr_max; /* low-resolution rows one band reads, at most */
-    int64_t tile;   /* floats of one thread's tile block */
-} up_plan;
-
-/* Output rows [Y0, Y1) of band j read low-resolution rows ylo..ylo+nr-1. */
-static void band_rows(const up_plan *p, int64_t j, int64_t *Y0, int64_t *Y1,
-                      int64_t *ylo, int64_t *nr)
-{
-    *Y0 = j * PM_BAND_ROWS;
-    *Y1 = *Y0 + PM_BAND_ROWS < p->H ? *Y0 + PM_BAND_ROWS : p->H;
-    *ylo = p->ty.i0[*Y0];
-    *nr = p->ty.i1[*Y1 - 1] - *ylo + 1;
-}
-
-static int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
-static int64_t nseg_of(int64_t W) { return (W + PM_SEG - 1) / PM_SEG; }
-static int64_t seg_len(int64_t W, int64_t sg)
-{
-    return W - sg * PM_SEG < PM_SEG ? W - sg * PM_SEG : PM_SEG;
-}
-
-static void plan_free(up_plan *p)
-{
-    pm_axis_table_free(&p->ty);
-    pm_axis_table_free(&p->tx);
-    free(p->x0);
-    free(p->a0);
-    free(p->boff);
-    free(p->vbase);
-    free(p->vidx);
-    free(p->vl);
-    p->x0 = p->x1 = NULL;
-    p->a0 = p->a1 = p->boff = NULL;
-    p->vbase = p->vidx = NULL;
-    p->vl = NULL;
-}
-
-static int plan_permutes(up_plan *p, int64_t w, int64_t W)
-{
-    const int64_t nch = (W + 15) / 16;
-    p->vec_ok = 1;
-    for (int64_t c = 0; c < nch && p->vec_ok; c++) {
-        const int64_t last = (c + 1) * 16 < W ? (c + 1) * 16 - 1 : W - 1;
-        p->vec_ok = p->tx.i1[last] - p->tx.i0[c * 16] < 32;
-    }
-    if (!p->vec_ok) return PM_OK;
-    p->vbase = malloc((size_t)nch * sizeof(int32_t));
-    p->vidx = malloc((size_t)(32 * nch) * sizeof(int32_t));
-    p->vl = malloc((size_t)(32 * nch) * sizeof(float));
-    if (!p->vbase || !p->vidx || !p->vl) return PM_ERR_NOMEM;
-    for (int64_t c = 0; c < nch; c++) {
-        const int64_t base = p->tx.i0[c * 16];
-        p->vbase[c] = (int32_t)base;
-        for (int64_t j = 0; j < 16; j++) {
-            const int64_t X = c * 16 + j;
-            const int in = X < W; /* lanes past W: input 0, weight 0 */
-            p->vidx[32 * c + j] = in ? (int32_t)(p->tx.i0[X] - base) : 0;
-            p->vidx[32 * c + 16 + j] = in ? (int32_t)(p->tx.i1[X] - base) : 0;
-            p->vl[32 * c + j] = in ? p->tx.l0[X] : 0.0f;
-            p->vl[32 * c + 16 + j] = in ? p->tx.l1[X] : 0.0f;
-        }
-    }
-    (void)w;
-    return PM_OK;
-}
-
-static int plan_init(up_plan *p, int64_t B, int64_t K, int64_t h, int64_t w,
-                     int64_t H, int64_t W)
-{
-    memset(p, 0, sizeof *p);
-    if (B < 1 || K < 1 || K > 255 || h < 1 || w < 1 || H < 1 || W < 1 ||
-        h > PM_MAX_SIDE || w > PM_MAX_SIDE || H > PM_MAX_SIDE ||
-        W > PM_MAX_SIDE)
-        return PM_ERR_ARG;
-    int st = pm_axis_table_init(&p->ty, h, H);
-    if (st != PM_OK) return st;
-    st = pm_axis_table_init(&p->tx, w, W);
-    if (st != PM_OK) {
-        pm_axis_table_free(&p->ty);
-        return st;
-    }
-    p->x0 = malloc((size_t)(2 * W) * sizeof(int32_t));
-    p->a0 = malloc((size_t)(2 * (w + 1)) * sizeof(int64_t));
-    p->boff = malloc((size_t)W * sizeof(int64_t));
-    if (!p->x0 || !p->a0 || !p->boff) {
-        plan_free(p);
-        return PM_ERR_NOMEM;
-    }
-    p->x1 = p->x0 + W;
-    p->a1 = p->a0 + w + 1;
-    for (int64_t X = 0; X < W; X++) {
-        p->x0[X] = (int32_t)p->tx.i0[X];
-        p->x1[X] = (int32_t)p->tx.i1[X];
-    }
-    /* i0 and i1 never decrease: the X of each column form a range */
-    for (int64_t x = 0, X0 = 0, X1 = 0; x <= w; x++) {
-        while (X0 < W && p->tx.i0[X0] < x) X0++;
-        while (X1 < W && p->tx.i1[X1] < x) X1++;
-        p->a0[x] = X0;
-        p->a1[x] = X1;
-    }
-    for (int64_t X = 0; X < W; X++)
-        p->boff[X] = (X / PM_SEG) * K * PM_SEG + X % PM_SEG;
-    st = plan_permutes(p, w, W);
-    if (st != PM_OK) {
-        plan_free(p);
-        return st;
-    }
-    p->B = B;
-    p->K = K;
-    p->h = h;
-    p->w = w;
-    p->H = H;
-    p->W = W;
-    p->nbands = (H + PM_BAND_ROWS - 1) / PM_BAND_ROWS;
-    for (int64_t j = 0; j < p->nbands; j++) {
-        int64_t Y0, Y1, ylo, nr;
-        band_rows(p, j, &Y0, &Y1, &ylo, &nr);
-        if (nr > p->nr_max) p->nr_max = nr;
-    }
-    /* zh, gh: nr_max x nseg blocks of K x PM_SEG; t, e: K x PM_SEG;
-     * lacc: W; 7 rows of PM_SEG; a low-resolution row with 32 spare */
-    p->tile = 2 * K * p->nr_max * nseg_of(W) * PM_SEG + 2 * K * PM_SEG +
-              pad16(W) + 7 * PM_SEG + pad16(w + 32) +
-              2 * p->nr_max * pad16(w); /* + the argmax's class runs */
-    return PM_OK;
-}
-
-typedef struct {
-    float *zh, *gh, *t, *e, *lacc;
-    float *m, *s, *inv, *c, *cs, *zt, *row;
-    int32_t *lt;
-    int32_t *cls, *run; /* nr_max x pad16(w) each: band_classes */
-} tile_t;
-
-static tile_t tile_carve(const up_plan *p, float *base)
-{
-    tile_t tl;
-    const int64_t big = p->K * p->nr_max * nseg_of(p->W) * PM_SEG;
-    tl.zh = base;
-    tl.gh = tl.zh + big;
-    tl.t = tl.gh + big;
-    tl.e = tl.t + p->K * PM_SEG;
-    tl.lacc = tl.e + p->K * PM_SEG;
-    tl.m = tl.lacc + pad16(p->W);
-    tl.s = tl.m + PM_SEG;
-    tl.inv = tl.s + PM_SEG;
-    tl.c = tl.inv + PM_SEG;
-    tl.cs = tl.c + PM_SEG;
-    tl.zt = tl.cs + PM_SEG;
-    tl.lt = (int32_t *)(tl.zt + PM_SEG);
-    tl.row = tl.zt + 2 * PM_SEG;
-    tl.cls = (int32_t *)(tl.row + pad16(p->w + 32));
-    tl.run = tl.cls + p->nr_max * pad16(p->w);
-    return tl;
-}
-
-/* Per-thread tile blocks for nt threads. */
-static int plan_threads(pm_em_ws *ws, const up_plan *p, int *nt)
-{
-    int n = pm_get_num_threads();
-    if (n > p->B * p->nbands) n = (int)(p->B * p->nbands);
-    *nt = n;
-    return pm_em_reserve(&ws->thread, (size_t)(p->tile * n) * sizeof(float));
-}
-
-/* The interpolated rows of a band are stored in blocks of PM_SEG pixels:
- * block (r, sg) holds K x PM_SEG floats, class-major, for low-resolution
- * row r and pixels [sg PM_SEG, (sg + 1) PM_SEG), so that one segment of
- * one output row reads two contiguous blocks. */
-static float *seg_block(float *base, int64_t r, int64_t sg, int64_t nseg,
-                        int64_t K)
-{
-    return base + (r * nseg + sg) * K * PM_SEG;
-}
-
-/* plan_init and plan_threads; on failure nothing is left to free. */
-static int plan_begin(pm_em_ws *ws, up_plan *p, int64_t B, int64_t K,
-                      int64_t h, int64_t w, int64_t H, int64_t W, int *nt)
-{
-    int st = plan_init(p, B, K, h, w, H, W);
-    if (st != PM_OK) return st;
-    st = plan_threads(ws, p, nt);
-    if (st != PM_OK) plan_free(p);
-    return st;
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#define PM_PERMUTES 1
-typedef float pm_v16f __attribute__((vector_size(64)));
-typedef int32_t pm_v16i __attribute__((vector_size(64)));
-#endif
-
-/* Horizontal interpolation of low-resolution rows ylo..ylo+nr-1 of every
- * class of one image, in torch's order (the row first), into blocks:
- * dst[X] = src[i0[X]] l0[X] + src[i1[X]] l1[X].  When upsampling, 16
- * outputs at a time take their inputs from a 32-wide window by two
- * permutes (vpermt2ps on AVX-512); the arithmetic, and so the result, is
- * the same as the scalar gathers'.  row: a scratch of w + 32 floats. */
-PM_CLONES
-static void band_hinterp(const up_plan *p, const float *Zimg, int64_t ylo,
-                         int64_t nr, float *restrict zh, float *restrict row)
-{
-    const int64_t W = p->W, w = p->w, K = p->K, nseg = nseg_of(W);
-#ifdef PM_PERMUTES
-    if (p->vec_ok) {
-        const int64_t nch = (W + 15) / 16;
-        for (int64_t i = w; i < w + 32; i++) row[i] = 0.0f;
-        for (int64_t r = 0; r < nr; r++)
-            for (int64_t k = 0; k < K; k++) {
-                memcpy(row, Zimg + (k * p->h + ylo + r) * w,
-                       (size_t)w * sizeof(float));
-                float *dstk = zh + r * nseg * K * PM_SEG + k * PM_SEG;
-                for (int64_t c = 0; c < nch; c++) {
-                    pm_v16f lo, hi, w0, w1;
-                    pm_v16i i0, i1;
-                    memcpy(&lo, row + p->vbase[c], sizeof lo);
-                    memcpy(&hi, row + p->vbase[c] + 16, sizeof hi);
-                    memcpy(&i0, p->vidx + 32 * c, sizeof i0);
-                    memcpy(&i1, p->vidx + 32 * c + 16, sizeof i1);
-                    memcpy(&w0, p->vl + 32 * c, sizeof w0);
-                    memcpy(&w1, p->vl + 32 * c + 16, sizeof w1);
-                    const pm_v16f d = __builtin_shuffle(lo, hi, i0) * w0 +
-                                      __builtin_shuffle(lo, hi, i1) * w1;
-                    const int64_t X0 = c * 16;
-                    memcpy(dstk + (X0 / PM_SEG) * K * PM_SEG + X0 % PM_SEG, &d,
-                           sizeof d);
-                }
-            }
-        return;
-    }
-#endif
-    (void)row;
-    const int32_t *restrict x0 = p->x0, *restrict x1 = p->x1;
-    const float *restrict l0 = p->tx.l0, *restrict l1 = p->tx.l1;
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t sg = 0; sg < nseg; sg++) {
-            const int64_t X0 = sg * PM_SEG;
-            const int64_t n = W - X0 < PM_SEG ? W - X0 : PM_SEG;
-            float *restrict blk = seg_block(zh, r, sg, nseg, K);
-            for (int64_t k = 0; k < K; k++) {
-                const float *restrict src = Zimg + (k * p->h + ylo + r) * w;
-                float *restrict dst = blk + k * PM_SEG;
-                for (int64_t X = 0; X < n; X++)
-                    dst[X] = src[x0[X0 + X]] * l0[X0 + X] +
-                             src[x1[X0 + X]] * l1[X0 + X];
-            }
-        }
-}
 
 /* The row kernels below work on a segment of n <= PM_SEG pixels of one
  * output row, so that the K x PM_SEG tiles t and e stay in L1.  zh0 and zh1
@@ -486,28 +209,6 @@ static void seg_grad(const float *restrict e, const float *restrict inv,
     }
 }
 
-/* Argmax over classes (ties: the smallest class) of a segment. */
-PM_CLONES
-static void seg_argmax(const float *restrict zh0, const float *restrict zh1,
-                       int64_t kstride, float a, float b, int64_t K,
-                       int64_t n, float *restrict best, int32_t *restrict arg)
-{
-    for (int64_t X = 0; X < n; X++) {
-        best[X] = zh0[X] * a + zh1[X] * b;
-        arg[X] = 0;
-    }
-    for (int64_t k = 1; k < K; k++) {
-        const float *z0 = zh0 + k * kstride, *z1 = zh1 + k * kstride;
-        const int32_t kk = (int32_t)k;
-        for (int64_t X = 0; X < n; X++) {
-            const float v = z0[X] * a + z1[X] * b;
-            const int up = v > best[X];
-            best[X] = up ? v : best[X];
-            arg[X] = up ? kk : arg[X];
-        }
-    }
-}
-
 /* Horizontal adjoint of a band's gradient blocks: gh (blocks of nr rows)
  * -> out (K x nr x w), out overwritten.  Column x gathers its share,
  *   out[x] = sum_{X: i0[X] = x} l0[X] g[X] + sum_{X: i1[X] = x} l1[X] g[X],
@@ -538,18 +239,6 @@ static void band_hadjoint(const up_plan *p, const float *gh, int64_t nr,
     }
 }
 
-/* The geometry of output row Y inside a band starting at ylo. */
-typedef struct {
-    int64_t r0, r1;
-    float a, b;
-} vrow;
-
-static vrow vrow_of(const up_plan *p, int64_t Y, int64_t ylo)
-{
-    vrow v = {p->ty.i0[Y] - ylo, p->ty.i1[Y] - ylo, p->ty.l0[Y], p->ty.l1[Y]};
-    return v;
-}
-
 int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
                           int64_t h, int64_t w, int64_t H, int64_t W,
                           double *chi)
@@ -557,12 +246,12 @@ int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
     if (!ws || !Z || !chi) return PM_ERR_ARG;
     up_plan p;
     int nt;
-    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
+    int st = pm_plan_begin(ws, &p, B, K, h, w, H, W, &nt);
     if (st != PM_OK) return st;
     const int64_t items = B * p.nbands;
     st = pm_em_reserve(&ws->part, (size_t)(items * K) * sizeof(double));
     if (st != PM_OK) {
-        plan_free(&p);
+        pm_plan_free(&p);
         return st;
     }
     double *part = ws->part.p;
@@ -577,7 +266,7 @@ int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
             const int64_t b = it / p.nbands, j = it % p.nbands;
             int64_t Y0, Y1, ylo, nr;
             band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
+            pm_band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
             for (int64_t i = 0; i < nseg * K * PM_SEG; i++) acc[i] = 0.0f;
             for (int64_t Y = Y0; Y < Y1; Y++) {
                 const vrow v = vrow_of(&p, Y, ylo);
@@ -606,7 +295,7 @@ int pm_label_softmax_mean(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
         for (int64_t it = 0; it < items; it++) sk += part[it * K + k];
         chi[k] = sk * inv_n;
     }
-    plan_free(&p);
+    pm_plan_free(&p);
     return PM_OK;
 }
 
@@ -695,7 +384,7 @@ int pm_em_label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
             if (index[b] < 0 || index[b] >= n) return PM_ERR_ARG;
     up_plan p;
     int nt;
-    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
+    int st = pm_plan_begin(ws, &p, B, K, h, w, H, W, &nt);
     if (st != PM_OK) return st;
     const int64_t items = B * p.nbands;
     const int64_t bstride = pad16(K * p.nr_max * w);
@@ -703,7 +392,7 @@ int pm_em_label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
     if (st == PM_OK && dZ)
         st = pm_em_reserve(&ws->dz, (size_t)(items * bstride) * sizeof(float));
     if (st != PM_OK) {
-        plan_free(&p);
+        pm_plan_free(&p);
         return st;
     }
     double *part = ws->part.p;
@@ -722,7 +411,7 @@ int pm_em_label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
             const int mirror = flip && flip[b];
             int64_t Y0, Y1, ylo, nr;
             band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
+            pm_band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
             if (dZ)
                 for (int64_t i = 0; i < nr * nseg * K * PM_SEG; i++)
                     tl.gh[i] = 0.0f;
@@ -757,14 +446,14 @@ int pm_em_label_ce(pm_em_ws *ws, const float *Z, const uint8_t *labels,
         }
     }
     if (badlabel) {
-        plan_free(&p);
+        pm_plan_free(&p);
         return PM_ERR_ARG;
     }
     double total = 0.0;
     for (int64_t it = 0; it < items; it++) total += part[it];
     *loss = total * scale;
     if (dZ) merge_bands(&p, bands, bstride, dZ);
-    plan_free(&p);
+    pm_plan_free(&p);
     return PM_OK;
 }
 
@@ -788,131 +477,3 @@ int pm_label_ce_bwd(pm_em_ws *ws, const float *Z, const uint8_t *labels,
                           w, H, W, loss, dZ);
 }
 
-/*
- * The argmax shortcut.  An output pixel's logits are a convex combination
- * of those of its (at most) four low-resolution corners, so if class c
- * beats every other class at each corner by a margin d_i, it beats them in
- * the combination by at least min d_i.  The float arithmetic of the
- * interpolation (two two-term combinations) is off by at most about
- * 12 u M in a difference of two classes (u = 2^-24, M the corners' largest
- * |logit|), so with every d_i > PM_ARGMAX_MARGIN M (2^-18 M, 5x that
- * bound; M is taken over the whole band) the argmax computed pixel by
- * pixel is c, ties included: the shortcut fills such pixels with c and
- * gives the same bits.
- *
- * cls[r][x]: the argmax of low-resolution pixel (ylo + r, x) when its
- * margin is large enough, else -1 (all -1 if the band holds a NaN or an
- * inf); run[r][x]: the
- * last column x' >= x with cls[r][x..x'] all equal to cls[r][x] >= 0
- * (x - 1 when cls[r][x] = -1).
- */
-#define PM_ARGMAX_MARGIN 3.814697265625e-06f /* 2^-18 */
-
-static void band_classes(const up_plan *p, const float *Zimg, int64_t ylo,
-                         int64_t nr, int32_t *cls, int32_t *run)
-{
-    const int64_t K = p->K, w = p->w, N = p->h * p->w, ld = pad16(w);
-    /* one pass: every pixel's winner and margin (kept in run, as floats,
-     * until the band's largest |logit| is known), then the test */
-    float *margin = (float *)run;
-    float M = 0.0f;
-    int finite = 1;
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t x = 0; x < w; x++) {
-            const float *z = Zimg + (ylo + r) * w + x;
-            float best = z[0], second = -INFINITY, big = fabsf(z[0]);
-            int32_t c = 0;
-            for (int64_t k = 1; k < K; k++) {
-                const float v = z[k * N], a = fabsf(v);
-                big = a > big ? a : big;
-                if (v > best) {
-                    second = best;
-                    best = v;
-                    c = (int32_t)k;
-                } else if (v > second) {
-                    second = v;
-                }
-            }
-            finite &= big <= FLT_MAX; /* NaN and inf: no shortcut */
-            M = big > M ? big : M;
-            cls[r * ld + x] = c;
-            margin[r * ld + x] = K == 1 ? INFINITY : best - second;
-        }
-    const float need = finite ? PM_ARGMAX_MARGIN * M : INFINITY;
-    for (int64_t r = 0; r < nr; r++) {
-        int32_t *cr = cls + r * ld, *rr = run + r * ld;
-        const float *mr = margin + r * ld;
-        for (int64_t x = 0; x < w; x++)
-            if (!(finite && mr[x] > need)) cr[x] = -1;
-        for (int64_t x = w - 1; x >= 0; x--)
-            rr[x] = cr[x] < 0 ? (int32_t)(x - 1)
-                    : (x + 1 < w && cr[x + 1] == cr[x]) ? rr[x + 1]
-                                                        : (int32_t)x;
-    }
-}
-
-/* Segment sg of an output row that reads band rows r0, r1, by chunks of
- * PM_ARGMAX_CHUNK pixels (a vector's width): a chunk whose corners are all
- * clear and of one class is filled with it; runs of the other chunks go
- * to seg_argmax. */
-#define PM_ARGMAX_CHUNK 16
-
-static void seg_argmax_cells(const up_plan *p, const tile_t *tl, vrow v,
-                             int64_t sg, int32_t *out)
-{
-    const int64_t ld = pad16(p->w), X0 = sg * PM_SEG, n = seg_len(p->W, sg);
-    const int64_t nseg = nseg_of(p->W), K = p->K;
-    const int32_t *i0 = p->x0 + X0, *i1 = p->x1 + X0;
-    const int32_t *c0 = tl->cls + v.r0 * ld, *c1 = tl->cls + v.r1 * ld;
-    const int32_t *u0 = tl->run + v.r0 * ld, *u1 = tl->run + v.r1 * ld;
-    const float *zh0 = seg_block(tl->zh, v.r0, sg, nseg, K);
-    const float *zh1 = seg_block(tl->zh, v.r1, sg, nseg, K);
-    int64_t slow = 0; /* start of the pending run of unclear chunks */
-    for (int64_t X = 0; X < n; X += PM_ARGMAX_CHUNK) {
-        const int64_t E = X + PM_ARGMAX_CHUNK < n ? X + PM_ARGMAX_CHUNK : n;
-        const int32_t xa = i0[X], xb = i1[E - 1], c = c0[xa];
-        if (c >= 0 && u0[xa] >= xb && c1[xa] == c && u1[xa] >= xb) {
-            if (slow < X)
-                seg_argmax(zh0 + slow, zh1 + slow, PM_SEG, v.a, v.b, K,
-                           X - slow, tl->m, out + slow);
-            for (int64_t i = X; i < E; i++) out[i] = c;
-            slow = E;
-        }
-    }
-    if (slow < n)
-        seg_argmax(zh0 + slow, zh1 + slow, PM_SEG, v.a, v.b, K, n - slow,
-                   tl->m, out + slow);
-}
-
-int pm_label_argmax(pm_em_ws *ws, const float *Z, int64_t B, int64_t K,
-                    int64_t h, int64_t w, int64_t H, int64_t W, int32_t *out)
-{
-    if (!ws || !Z || !out) return PM_ERR_ARG;
-    up_plan p;
-    int nt;
-    int st = plan_begin(ws, &p, B, K, h, w, H, W, &nt);
-    if (st != PM_OK) return st;
-    const int64_t items = B * p.nbands;
-    const int64_t nseg = nseg_of(W);
-#pragma omp parallel num_threads(nt)
-    {
-        tile_t tl = tile_carve(&p, (float *)ws->thread.p +
-                                       p.tile * omp_get_thread_num());
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++) {
-            const int64_t b = it / p.nbands, j = it % p.nbands;
-            int64_t Y0, Y1, ylo, nr;
-            band_rows(&p, j, &Y0, &Y1, &ylo, &nr);
-            band_hinterp(&p, Z + b * K * h * w, ylo, nr, tl.zh, tl.row);
-            band_classes(&p, Z + b * K * h * w, ylo, nr, tl.cls, tl.run);
-            for (int64_t Y = Y0; Y < Y1; Y++) {
-                const vrow v = vrow_of(&p, Y, ylo);
-                for (int64_t sg = 0; sg < nseg; sg++)
-                    seg_argmax_cells(&p, &tl, v, sg,
-                                     out + (b * H + Y) * W + sg * PM_SEG);
-            }
-        }
-    }
-    plan_free(&p);
-    return PM_OK;
-}
