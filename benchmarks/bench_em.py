@@ -103,17 +103,21 @@ def breakdown(em, F, masks, H, W, repeat):
         "teacher pseudo labels (logits, label-resolution argmax, mode per mask)":
             lambda: _core.teacher_pseudo(ws, F, masks, theta_t),
         "  of which the label-resolution argmax": lambda: _core.label_argmax(ws, Z, (H, W)),
-        "focal pass 1: class confidences (softmax at label resolution)":
+        "student focal loss and gradient": lambda: _core.focal_bwd(
+            ws, F, labels, s.v, s.g, em.focal_gamma),
+        "  of which pass 1: class confidences (softmax at label resolution)":
             lambda: _core.label_softmax_mean(ws, Z, (H, W)),
-        "focal pass 2: loss and gradient (softmax, adjoint)":
+        "  of which pass 2: loss and gradient (softmax, adjoint)":
             lambda: _core.label_ce_bwd(ws, Z, labels, wt, scale),
-        "logits and weight gradient (oneDNN, K-means step as proxy)":
-            lambda: _core.kmeans_bwd(ws, F, s.v),
     }
     out = {}
     for name, fn in parts.items():
         fn()
         out[name] = float(np.median(timed(fn, repeat)[0]))
+    out["  of which the rest: logits, weight gradient (oneDNN), weight norm"] = (
+        out["student focal loss and gradient"]
+        - out["  of which pass 1: class confidences (softmax at label resolution)"]
+        - out["  of which pass 2: loss and gradient (softmax, adjoint)"])
     return out
 
 

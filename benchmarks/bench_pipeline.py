@@ -90,17 +90,22 @@ def main() -> None:
     ui = pipeline.UI(quiet=not sys.stderr.isatty())
     stages = {}
     try:
-        t = time.perf_counter()
+        load0 = os.getloadavg()[0]
+        t, c = time.perf_counter(), time.process_time()
         make_split(cfg, "train", n_train, 1)
         make_split(cfg, "val", n_val, 2)
-        stages["generate data (not a pipeline stage)"] = (time.perf_counter() - t, peak_mib())
+        stages["generate data (not a pipeline stage)"] = (time.perf_counter() - t, peak_mib(),
+                                                          time.process_time() - c,
+                                                          load0, os.getloadavg()[0])
         for name, fn in (("pseudo (PriMaPs masks)", lambda: pipeline.pseudo(cfg, ui)),
                          ("fit (PCA, warm-up, EM)", lambda: pipeline.fit(cfg, ui)),
                          ("evaluate", lambda: pipeline.evaluate(cfg, ui))):
             reset_peak()
-            t = time.perf_counter()
+            load0 = os.getloadavg()[0]
+            t, c = time.perf_counter(), time.process_time()
             res = fn()
-            stages[name] = (time.perf_counter() - t, peak_mib())
+            stages[name] = (time.perf_counter() - t, peak_mib(), time.process_time() - c,
+                            load0, os.getloadavg()[0])
             if name.startswith("fit"):
                 fit_res = res
             if name == "evaluate":
@@ -112,17 +117,23 @@ def main() -> None:
     em_s = fit_res["em"]["seconds"] - fit_res["pca_seconds"]
     print(f"{n_train} train + {n_val} val images, {args.epochs} EM epochs, "
           f"threads {primaps.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
-    print("| stage | wall s | peak RSS MiB |\n|---|---:|---:|")
-    for k, (s, m) in stages.items():
-        print(f"| {k} | {s:.1f} | {m:.0f} |")
+    print("| stage | wall s | CPU s (all threads) | peak RSS MiB | load at start -> end |\n"
+          "|---|---:|---:|---:|---|")
+    for k, (s, m, c, l0, l1) in stages.items():
+        print(f"| {k} | {s:.1f} | {c:.1f} | {m:.0f} | {l0:.1f} -> {l1:.1f} |")
+    run = [v for k, v in stages.items() if not k.startswith("generate")]
+    print(f"| **pipeline (pseudo + fit + evaluate)** | **{sum(v[0] for v in run):.1f}** | "
+          f"{sum(v[2] for v in run):.1f} | {max(v[1] for v in run):.0f} | "
+          f"{run[0][3]:.1f} -> {run[-1][4]:.1f} |")
     print(f"PCA init {fit_res['pca_seconds']:.1f} s; warm-up + EM {em_s:.1f} s for "
           f"{steps} EM steps and {2 * -(-n_train // 32)} K-means steps")
     print("teacher / student:", table["em_teacher"], table["em_student"])
     write_record("pipeline", {
         "n_train": n_train, "n_val": n_val, "epochs": args.epochs,
         "threads": primaps.get_num_threads(), "load": os.getloadavg(),
-        "stages": {k: {"seconds": round(s, 2), "peak_rss_mib": round(m)}
-                   for k, (s, m) in stages.items()},
+        "stages": {k: {"seconds": round(s, 2), "peak_rss_mib": round(m), "cpu_seconds": round(c, 2),
+                       "load": [round(l0, 2), round(l1, 2)]}
+                   for k, (s, m, c, l0, l1) in stages.items()},
         "fit": fit_res, "table": table})
 
 
