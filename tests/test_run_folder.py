@@ -128,6 +128,32 @@ def test_fit_refuses_masks_of_another_config_and_the_suggested_command_rebuilds_
     assert em.provenance["fields"]["masks.threshold"] == 0.6
 
 
+def test_evaluate_after_a_masks_change_suggests_the_masks_first(run):
+    cli(run, "fit")
+    p = cli(run, "evaluate", "--set", "masks.threshold=0.6", code=1)
+    assert "trained with a different config (masks.threshold)" in p.stderr
+    cmd = suggested(p.stderr)  # the first command named: the masks
+    assert cmd[0] == "pseudo" and "masks.threshold=0.6" in cmd
+    rest = p.stderr[p.stderr.index("then '") + 5:]
+    then = suggested(rest)
+    assert then[:1] == ["fit"] and "--restart" in then
+    cli(run, *cmd, config="")
+    cli(run, *then, config="")
+    res = json.loads(cli(run, "evaluate", "--set", "masks.threshold=0.6", "--json").stdout)
+    assert "em_teacher" in res["table"]
+
+
+def test_a_stage_that_fails_in_a_new_folder_leaves_no_folder(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    for stage in ("pseudo", "fit", "evaluate"):
+        p = cli(tmp_path, stage, "--out", "fresh", code=1)
+        assert "run 'primaps" in p.stderr
+        assert not (tmp_path / "fresh").exists(), stage
+    (tmp_path / "kept").mkdir()  # a folder the user made stays
+    cli(tmp_path, "fit", "--out", "kept", code=1)
+    assert [q.name for q in (tmp_path / "kept").iterdir()] == [".lock"]
+
+
 def test_fit_refuses_a_mix_of_masks_left_by_a_killed_pseudo(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY.replace("n_train = 24", "n_train = 96"))
     cli(tmp_path, "extract")

@@ -46,6 +46,12 @@ ROLE_ROWS = {"em": ("em_teacher", "em_student"), "kmeans": ("kmeans",),
              "em_no_masks": ("nomask_teacher", "nomask_student")}
 
 
+def _masks_current(store: FeatureStore, tag: str) -> bool:
+    """Whether every image of the training store has masks of `tag`."""
+    where = store._mask_where
+    return all(i in where and store.mask_tag(i) == tag for i in store.ids)
+
+
 def _role(em: PriMaPsEM) -> str:
     """em, kmeans or em_no_masks: from the provenance, else from the
     parameters (a K-means baseline trains no EM epochs)."""
@@ -189,9 +195,12 @@ def _evaluate(cfg: Config, paths: Paths, ui: UI, checkpoint: Optional[Path]) -> 
                     why = "it was trained with a different config"
             if why is not None:
                 if role == "em":
-                    raise PipelineError(f"{p}: {why}; run "
-                                        f"'{ui.command('fit', cfg, '--restart')}' to train it "
-                                        "again, or evaluate it with --checkpoint")
+                    fix = f"'{ui.command('fit', cfg, '--restart')}'"
+                    if store is not None and not _masks_current(store, mask_tag(cfg, size)):
+                        # the masks of the current config are not there yet
+                        fix = f"'{ui.command('pseudo', cfg)}', then {fix},"
+                    raise PipelineError(f"{p}: {why}; run {fix} to train it again, or "
+                                        "evaluate it with --checkpoint")
                 skipped[name] = why
                 ui.info(f"evaluate: skipping {p}: {why}")
                 continue

@@ -72,8 +72,10 @@ def writing(folder: Path) -> Iterator[None]:
     """Hold the run folder's lock: one writing process at a time (a second
     one gets a PipelineError naming the holder's pid); re-entrant within a
     process.  The first holder removes the temporary files a killed write
-    left behind."""
+    left behind; a folder it created is removed again if the stage fails
+    before writing anything into it."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
     held = _HELD.get(key)
@@ -104,6 +106,11 @@ def writing(folder: Path) -> Iterator[None]:
             remove_temporaries(sub)
         _HELD[key] = [fd, 1]
         yield
+    except BaseException:
+        if created and [q.name for q in folder.iterdir()] == [LOCK]:
+            (folder / LOCK).unlink()
+            folder.rmdir()  # nothing was written: no empty run folder is left
+        raise
     finally:
         _HELD.pop(key, None)
         os.close(fd)  # releases the lock
