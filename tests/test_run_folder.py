@@ -146,9 +146,9 @@ def test_evaluate_after_a_masks_change_suggests_the_masks_first(run):
 def test_a_stage_that_fails_in_a_new_folder_leaves_no_folder(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     for stage in ("pseudo", "fit", "evaluate"):
-        p = cli(tmp_path, stage, "--out", "fresh", code=1)
+        p = cli(tmp_path, stage, "--out", "fresh/run", code=1)
         assert "run 'primaps" in p.stderr
-        assert not (tmp_path / "fresh").exists(), stage
+        assert not (tmp_path / "fresh").exists(), stage  # nor the parent it made
     (tmp_path / "kept").mkdir()  # a folder the user made stays
     cli(tmp_path, "fit", "--out", "kept", code=1)
     assert [q.name for q in (tmp_path / "kept").iterdir()] == [".lock"]

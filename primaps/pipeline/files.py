@@ -75,7 +75,11 @@ def writing(folder: Path) -> Iterator[None]:
     left behind; a folder it created is removed again if the stage fails
     before writing anything into it."""
     folder = Path(folder)
-    created = not folder.exists()
+    created = []  # the folders made here, innermost first
+    for q in [folder, *folder.parents]:
+        if q.exists():
+            break
+        created.append(q)
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
     held = _HELD.get(key)
@@ -108,8 +112,13 @@ def writing(folder: Path) -> Iterator[None]:
         yield
     except BaseException:
         if created and [q.name for q in folder.iterdir()] == [LOCK]:
+            # nothing was written: no empty run folder (or parents) is left
             (folder / LOCK).unlink()
-            folder.rmdir()  # nothing was written: no empty run folder is left
+            for q in created:
+                try:
+                    q.rmdir()
+                except OSError:  # another process put something there
+                    break
         raise
     finally:
         _HELD.pop(key, None)
