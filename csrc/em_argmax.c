@@ -49,9 +49,8 @@ static void seg_argmax(const float *restrict zh0, const float *restrict zh1,
  *
  * cls[r][x]: the argmax of low-resolution pixel (ylo + r, x) when its
  * margin is large enough, else -1 (all -1 if the band holds a NaN or an
- * inf); run[r][x]: the
- * last column x' >= x with cls[r][x..x'] all equal to cls[r][x] >= 0
- * (x - 1 when cls[r][x] = -1).
+ * inf); run[r][x]: the last column x' >= x with cls[r][x..x'] all equal to
+ * cls[r][x] >= 0 (x - 1 when cls[r][x] = -1).
  */
 #define PM_ARGMAX_MARGIN 3.814697265625e-06f /* 2^-18 */
 

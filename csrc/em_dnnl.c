@@ -109,18 +109,15 @@ int pm_em_batch_widen(pm_em_ws *ws, pm_batch *bt)
     int st = pm_em_reserve(&ws->wide, (size_t)(count * (two ? 2 : 1)) * sizeof(float));
     if (st != PM_OK) return st;
     float *dst = ws->wide.p;
-    if (bt->features16) {
-        st = pm_half_to_float(bt->features16, dst, count);
+    const uint16_t **half[2] = {&bt->features16, &bt->student16};
+    const float **wide[2] = {&bt->features, &bt->student};
+    for (int i = 0; i < 2; i++) {
+        if (!*half[i]) continue;
+        st = pm_half_to_float(*half[i], dst, count);
         if (st != PM_OK) return st;
-        bt->features = dst;
-        bt->features16 = NULL;
+        *wide[i] = dst;
+        *half[i] = NULL;
         dst += count;
-    }
-    if (bt->student16) {
-        st = pm_half_to_float(bt->student16, dst, count);
-        if (st != PM_OK) return st;
-        bt->student = dst;
-        bt->student16 = NULL;
     }
     return PM_OK;
 }

@@ -4,6 +4,7 @@ checkpoint files."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import json
@@ -474,7 +475,7 @@ def exclusive(method):
     return wrapper
 
 
-class WorkspaceOwner:
+class WorkspaceOwner(abc.ABC):
     """An estimator holding a workspace of the C kernels in ``_ws``: copies
     and pickles get a fresh workspace instead of the original's.  Its
     training methods (decorated with `exclusive`) are refused to a second
@@ -484,8 +485,9 @@ class WorkspaceOwner:
 
     _TRANSIENT = ("_ws", "_train_lock", "_train_owner")
 
-    def _params(self) -> dict:  # pragma: no cover - every estimator defines it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _params(self) -> dict:
+        """The constructor's arguments, by name (every estimator defines it)."""
 
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's arguments (scikit-learn's protocol)."""

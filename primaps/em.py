@@ -25,7 +25,6 @@ FORMAT_VERSION = 2  # 2: the metadata carry their own CRC-32 and the provenance
 # init_pca keeps the pixel sample of batches (in their dtype) up to this
 # size for the sign pass, instead of reading the batches a second time.
 KEEP_SAMPLE_BYTES = 2 << 30
-SIGN_CHUNK_PIXELS = 2048
 
 __all__ = ["PriMaPsEM", "Prototypes", "ema_decay"]
 
@@ -352,9 +351,10 @@ class PriMaPsEM(WorkspaceOwner):
         Vf = V.astype(np.float32)
         if kept is None:
             kept = (x.reshape(C, -1)[:, k % stride::stride] for k, x in enumerate(images))
-        # the pixels' cosine similarities, a few MB of pixels per product
-        # (every pixel's projection and norm are those of its own column)
-        for xs in _column_chunks(kept, SIGN_CHUNK_PIXELS):
+        for raw in kept:
+            xs = np.ascontiguousarray(raw, dtype=np.float32)
+            if xs.shape[1] == 0:
+                continue
             n = np.linalg.norm(xs.astype(np.float64), axis=0)
             proj = (Vf @ xs).astype(np.float64)
             s = np.divide(proj, n, out=np.zeros_like(proj), where=n > 0)
@@ -367,6 +367,7 @@ class PriMaPsEM(WorkspaceOwner):
         self._km_adam = None
         return self
 
+    @exclusive
     def init_from(self, prototypes: Any) -> "PriMaPsEM":
         """Start student and teacher from external cluster centres.
 
@@ -745,23 +746,6 @@ def _count(state: dict, key: str, path: Any, hi: int | None = None) -> int:
         raise ValueError(f"{path}: {key} = {x!r} in its metadata, expected an integer {rng} "
                          "(a corrupt checkpoint)")
     return x
-
-
-def _column_chunks(parts: Iterable[np.ndarray], pixels: int) -> Iterator[np.ndarray]:
-    """The (C, m) pixel samples of `parts` as float32 (C, n) arrays of about
-    `pixels` columns (empty samples skipped), in order."""
-    group: list = []
-    size = 0
-    for a in parts:
-        if a.shape[1] == 0:
-            continue
-        group.append(a)
-        size += a.shape[1]
-        if size >= pixels:
-            yield np.concatenate(group, axis=1, dtype=np.float32)
-            group, size = [], 0
-    if group:
-        yield np.concatenate(group, axis=1, dtype=np.float32)
 
 
 class _ImageStream:

@@ -139,11 +139,21 @@ int check_map_shape(PyArrayObject *m, const char *name, npy_intp n)
     return 0;
 }
 
-/* Whether obj is a NumPy array of float16. */
-static int is_half(PyObject *obj)
+/* features or student_features as float32, or as float16 (kept for
+ * pm_em_batch_widen, the kernel call's, with the GIL released) when it is a
+ * float16 array and the batch has no index; *f32 or *f16 points at it. */
+static PyArrayObject *batch_array(PyObject *obj, const char *name, int keep_half,
+                                  const float **f32, const uint16_t **f16)
 {
-    return PyArray_Check(obj) &&
-           PyArray_TYPE((PyArrayObject *)obj) == NPY_HALF;
+    const int half = keep_half && PyArray_Check(obj) &&
+                     PyArray_TYPE((PyArrayObject *)obj) == NPY_HALF;
+    PyArrayObject *a = as_array(obj, name, half ? NPY_HALF : NPY_FLOAT32);
+    if (!a) return NULL;
+    if (half)
+        *f16 = PyArray_DATA(a);
+    else
+        *f32 = PyArray_DATA(a);
+    return a;
 }
 
 /* Converts and checks the batch arguments; None means absent.  n_classes
@@ -154,11 +164,11 @@ int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
 {
     char buf[160], buf2[160];
     memset(a, 0, sizeof *a);
-    /* float16 arrays are widened by the kernel call (pm_em_batch_widen),
-     * with the GIL released; with an index, NumPy converts them here */
+    /* with an index, NumPy converts float16 here (the kernel reads rows) */
     const int no_index = !index || index == Py_None;
-    a->features = as_array(features, "features",
-                           no_index && is_half(features) ? NPY_HALF : NPY_FLOAT32);
+    pm_batch *bt = &a->bt;
+    a->features = batch_array(features, "features", no_index, &bt->features,
+                              &bt->features16);
     if (!a->features) return -1;
     if (check_ndim(a->features, "features", 4, 4, "(n, C, h, w)") < 0)
         return -1;
@@ -170,19 +180,14 @@ int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
                      shape_str(a->features, buf, sizeof buf));
         return -1;
     }
-    pm_batch *bt = &a->bt;
     bt->n = d[0];
     bt->C = d[1];
     bt->h = d[2];
     bt->w = d[3];
     bt->B = d[0];
-    if (PyArray_TYPE(a->features) == NPY_HALF)
-        bt->features16 = PyArray_DATA(a->features);
-    else
-        bt->features = PyArray_DATA(a->features);
     if (student && student != Py_None) {
-        a->student = as_array(student, "student_features",
-                              no_index && is_half(student) ? NPY_HALF : NPY_FLOAT32);
+        a->student = batch_array(student, "student_features", no_index,
+                                 &bt->student, &bt->student16);
         if (!a->student) return -1;
         if (!PyArray_SAMESHAPE(a->student, a->features)) {
             PyErr_Format(PyExc_ValueError,
@@ -192,10 +197,6 @@ int em_batch_parse(em_batch *a, PyObject *features, PyObject *student,
                          shape_str(a->student, buf2, sizeof buf2));
             return -1;
         }
-        if (PyArray_TYPE(a->student) == NPY_HALF)
-            bt->student16 = PyArray_DATA(a->student);
-        else
-            bt->student = PyArray_DATA(a->student);
     }
     if (index && index != Py_None) {
         /* image numbers: integers only (a float index would be truncated) */

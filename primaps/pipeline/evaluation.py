@@ -26,7 +26,7 @@ from .data import ImageSource, dataset_info, label_size, n_classes
 from .files import Paths, _digest, file_digest, load_labels, open_store, update_metrics, writing
 from .pictures import _pictures
 from .pseudo_labels import mask_tag
-from .training import _stale, provenance, training_fields
+from .training import _stale, mask_counts, provenance, training_fields
 from .ui import UI, PipelineError, stage
 
 
@@ -44,12 +44,6 @@ MODELS = (("em", "em.npz"), ("kmeans", "kmeans.npz"), ("em_no_masks", "em_no_mas
 
 ROLE_ROWS = {"em": ("em_teacher", "em_student"), "kmeans": ("kmeans",),
              "em_no_masks": ("nomask_teacher", "nomask_student")}
-
-
-def _masks_current(store: FeatureStore, tag: str) -> bool:
-    """Whether every image of the training store has masks of `tag`."""
-    where = store._mask_where
-    return all(i in where and store.mask_tag(i) == tag for i in store.ids)
 
 
 def _role(em: PriMaPsEM) -> str:
@@ -196,7 +190,7 @@ def _evaluate(cfg: Config, paths: Paths, ui: UI, checkpoint: Optional[Path]) -> 
             if why is not None:
                 if role == "em":
                     fix = f"'{ui.command('fit', cfg, '--restart')}'"
-                    if store is not None and not _masks_current(store, mask_tag(cfg, size)):
+                    if store is not None and mask_counts(store, mask_tag(cfg, size)) != (0, 0):
                         # the masks of the current config are not there yet
                         fix = f"'{ui.command('pseudo', cfg)}', then {fix},"
                     raise PipelineError(f"{p}: {why}; run {fix} to train it again, or "

@@ -147,16 +147,23 @@ def _resume_point(cfg: Config, paths: Paths, K: int, restart: bool, want: dict,
     return em
 
 
-def check_masks(cfg: Config, store: FeatureStore, size: Tuple[int, int], ui: UI) -> str:
-    """The mask fingerprint of the current config, after checking that every
-    training image has masks made with it (not a stale or mixed set)."""
-    tag = mask_tag(cfg, size)
+def mask_counts(store: FeatureStore, tag: str) -> Tuple[int, int]:
+    """(images without masks, images with masks of another fingerprint than
+    `tag`) of a training store."""
     missing = stale = 0
     for i in store.ids:
         if i not in store._mask_where:
             missing += 1
         elif store.mask_tag(i) != tag:
             stale += 1
+    return missing, stale
+
+
+def check_masks(cfg: Config, store: FeatureStore, size: Tuple[int, int], ui: UI) -> str:
+    """The mask fingerprint of the current config, after checking that every
+    training image has masks made with it (not a stale or mixed set)."""
+    tag = mask_tag(cfg, size)
+    missing, stale = mask_counts(store, tag)
     if missing or stale:
         what = []
         if missing:
